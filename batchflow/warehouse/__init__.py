@@ -1,0 +1,1 @@
+"""Warehouse adapters: DuckDB (local target) and BigQuery (production), behind `base.Warehouse`."""

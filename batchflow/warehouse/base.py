@@ -1,0 +1,90 @@
+"""The small protocol every warehouse adapter implements.
+
+All SQL handed to an adapter is BigQuery Standard SQL (the language models are written in);
+an adapter for another engine transpiles it. Materialization DDL is the adapter's business:
+the runner hands over a SELECT and a target relation, never a CREATE statement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Literal, Protocol
+
+import pyarrow as pa
+
+from batchflow.relation import Relation
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column and its type, spelled as BigQuery spells it (STRING, INT64, JSON, ARRAY<STRING>, ...)."""
+
+    name: str
+    type: str
+
+
+RelationKind = Literal["table", "view"]
+
+
+class Warehouse(Protocol):
+    """What the runner and batch backends need from a warehouse."""
+
+    #: "duckdb" or "bigquery"
+    name: str
+
+    def relation(self, identifier: str, schema: str | None = None) -> Relation:
+        """A relation in the target's database, in `schema` (default: the target's schema)."""
+
+    def ensure_schema(self, schema: str) -> None:
+        """Create the schema (dataset) if it is missing."""
+
+    def execute(self, sql: str) -> None:
+        """Run a BigQuery SQL statement for its effect."""
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        """Run a BigQuery SQL query and return all rows (for small results only)."""
+
+    def iter_batches(self, sql: str, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+        """Stream the rows of a BigQuery SQL query as Arrow record batches."""
+
+    def kind(self, relation: Relation) -> RelationKind | None:
+        """"table", "view", or None when the relation does not exist."""
+
+    def columns(self, relation: Relation) -> list[Column]:
+        """Columns of an existing relation, with BigQuery type names."""
+
+    def create_table_as(self, relation: Relation, select_sql: str) -> int:
+        """Atomically replace `relation` with the rows of `select_sql`; returns the row count."""
+
+    def create_view_as(self, relation: Relation, select_sql: str) -> None:
+        """Create or replace a view."""
+
+    def insert_into(self, relation: Relation, select_sql: str) -> int:
+        """Append the rows of `select_sql` (matching columns by name); returns rows inserted."""
+
+    def merge_into(self, relation: Relation, select_sql: str, unique_key: list[str]) -> int:
+        """Upsert the rows of `select_sql` on `unique_key`; returns rows affected."""
+
+    def drop(self, relation: Relation) -> None:
+        """Drop a table or view if it exists."""
+
+    def write_arrow(
+        self,
+        relation: Relation,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        json_columns: Iterable[str] = (),
+    ) -> int:
+        """Create `relation` (it must not exist) from Arrow batches; `json_columns` hold JSON text
+        and become JSON-typed columns. Returns the row count."""
+
+    def load_csv(self, relation: Relation, path: Path) -> int:
+        """Replace `relation` with the rows of a CSV file (seeds, local samples of sources)."""
+
+    def request_hash_sql(self, request_sql: str, model: str) -> str:
+        """A SQL expression (BigQuery syntax) giving the request hash of the JSON `request_sql`
+        for `model`: SHA-256 hex of the canonical JSON text plus the model name."""
+
+    def close(self) -> None:
+        """Release connections."""
