@@ -29,3 +29,11 @@ class Relation:
 
     def __str__(self) -> str:
         return ".".join(p for p in (self.database, self.schema, self.identifier) if p)
+
+
+def string_literal(value: str | None) -> str:
+    """A BigQuery string literal (or NULL) for a Python value."""
+    if value is None:
+        return "NULL"
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+    return f"'{escaped}'"

@@ -86,5 +86,9 @@ class Warehouse(Protocol):
         """A SQL expression (BigQuery syntax) giving the request hash of the JSON `request_sql`
         for `model`: SHA-256 hex of the canonical JSON text plus the model name."""
 
+    def request_problem_sql(self, request_sql: str) -> str:
+        """A SQL expression (BigQuery syntax) giving why the request in `request_sql` is invalid
+        (see `batchflow.requests.request_problem`), or NULL when it is valid."""
+
     def close(self) -> None:
         """Release connections."""

@@ -1,0 +1,305 @@
+"""The `batchflow` command line: argument parsing and output only.
+
+Every command is a thin shell over functions a test can call directly (load → compile → select →
+run → write artifacts). Exit codes: 0 success, 1 a model or test failed, 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from batchflow import __version__
+from batchflow.adapters import open_backend, open_warehouse
+from batchflow.artifacts import summarize, write_compiled, write_manifest, write_run_results
+from batchflow.compiler import Compiler, Manifest, Node
+from batchflow.errors import BatchflowError, ConfigError
+from batchflow.project import Project, Target, load_profile, load_project
+from batchflow.runner import NodeResult, RunOptions, Runner
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="batchflow: dbt-style SQL projects for Gemini batch prediction (BigQuery in, BigQuery out).",
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+ProjectDir = Annotated[Path, typer.Option("--project-dir", help="Folder holding batchflow_project.yml.")]
+ProfilesDir = Annotated[Optional[Path], typer.Option("--profiles-dir", help="Folder holding profiles.yml.")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Target in profiles.yml.")]
+SelectOpt = Annotated[Optional[list[str]], typer.Option("--select", "-s", help="dbt selection syntax.")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="dbt selection syntax.")]
+VarsOpt = Annotated[Optional[str], typer.Option("--vars", help="YAML/JSON mapping of project vars.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Models built at once.")]
+FullRefreshOpt = Annotated[bool, typer.Option("--full-refresh", help="Rebuild incremental models from scratch.")]
+LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json.")]
+
+
+@dataclass
+class Session:
+    """A loaded and compiled project for one command."""
+
+    project: Project
+    target: Target
+    compiler: Compiler
+    manifest: Manifest
+
+
+def _parse_vars(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--vars is not valid YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--vars must be a mapping, e.g. --vars '{start_date: 2024-01-01}'")
+    return value
+
+
+def _session(project_dir: Path, profiles_dir: Path | None, target: str | None, vars_text: str | None) -> Session:
+    project = load_project(project_dir.resolve(), _parse_vars(vars_text))
+    tgt = load_profile(project, profiles_dir, target)
+    compiler = Compiler(project, tgt)
+    return Session(project, tgt, compiler, compiler.compile())
+
+
+def _select(session: Session, select: list[str] | None, exclude: list[str] | None,
+            resource_types: tuple[str, ...] = ("model", "seed")) -> set[str]:
+    chosen = session.manifest.graph.select(select or None, exclude or None)
+    return {n for n in chosen if session.manifest.nodes[n].resource_type in resource_types}
+
+
+def _fail(exc: BatchflowError, log_format: str) -> None:
+    if log_format == "json":
+        print(json.dumps({"event": "error", "message": exc.message, "path": exc.path, "line": exc.line}))
+    else:
+        err_console.print(f"[bold red]error[/] {exc}")
+    raise typer.Exit(exc.exit_code)
+
+
+class ConsoleReporter:
+    """Per-model progress lines, and a live bar per batch model (rows done / failed)."""
+
+    def __init__(self, log_format: str):
+        self.json = log_format == "json"
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._tasks: dict[str, Any] = {}
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        print(json.dumps(event, default=str), flush=True)
+
+    def node_started(self, node: Node, index: int, total: int) -> None:
+        """Print the START line."""
+        if self.json:
+            self._emit({"event": "node_start", "node": node.name, "index": index, "total": total})
+            return
+        with self._lock:
+            self._console().print(f"{index} of {total} START {node.materialized} [bold]{node.name}[/] → {node.relation}")
+
+    def node_finished(self, node: Node, result: NodeResult, index: int, total: int) -> None:
+        """Print the OK / ERROR / SKIP line (and the batch summary)."""
+        self._stop_bar(node.name)
+        if self.json:
+            self._emit({"event": "node_finish", "node": node.name, "status": result.status, "rows": result.rows,
+                        "seconds": result.execution_time, "message": result.message, "batch": result.batch})
+            return
+        color = {"success": "green", "error": "red", "skipped": "yellow"}[result.status]
+        label = {"success": "OK", "error": "ERROR", "skipped": "SKIP"}[result.status]
+        rows = f"{result.rows:,} rows " if result.rows is not None else ""
+        with self._lock:
+            out = self._console()
+            out.print(f"{index} of {total} [{color}]{label}[/] {node.materialized} [bold]{node.name}[/] "
+                      f"[dim]{rows}in {result.execution_time:.2f}s[/]")
+            if result.batch:
+                b = result.batch
+                outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(b["outcomes"].items())) or "no rows"
+                out.print(f"      rows {b['rows_total']:,}: sent {b['rows_sent']:,}, reused {b['rows_reused']:,}, "
+                          f"invalid {b['rows_invalid']:,} | {outcomes} | tokens {b['total_tokens']:,} | "
+                          f"jobs {len(b['jobs'])}")
+                for warning in b.get("warnings", []):
+                    out.print(f"      [yellow]warning[/] {warning}")
+            if result.status == "error":
+                where = f"{result.path}:{result.line}" if result.line else result.path
+                out.print(f"      [red]{where}: {result.message}[/]")
+
+    def batch_progress(self, node: Node, state: str, done: int, failed: int, total: int) -> None:
+        """Update the live bar of a batch model."""
+        if self.json:
+            self._emit({"event": "batch_progress", "node": node.name, "state": state, "done": done,
+                        "failed": failed, "total": total})
+            return
+        with self._lock:
+            if self._progress is None:
+                self._progress = Progress(
+                    TextColumn("      {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("[red]{task.fields[failed]} failed[/] {task.fields[state]}"), TimeElapsedColumn(),
+                    console=console, transient=True,
+                )
+                self._progress.start()
+            if node.name not in self._tasks:
+                self._tasks[node.name] = self._progress.add_task(node.name, total=total, failed=0, state=state)
+            self._progress.update(self._tasks[node.name], completed=done, total=total, failed=failed, state=state)
+
+    def _stop_bar(self, name: str) -> None:
+        with self._lock:
+            if self._progress is not None and name in self._tasks:
+                self._progress.remove_task(self._tasks.pop(name))
+                if not self._tasks:
+                    self._progress.stop()
+                    self._progress = None
+
+    def _console(self) -> Console:
+        return self._progress.console if self._progress is not None else console
+
+
+def _execute(command: str, project_dir: Path, profiles_dir: Path | None, target: str | None,
+             select: list[str] | None, exclude: list[str] | None, vars_text: str | None, threads: int | None,
+             full_refresh: bool, log_format: str, resource_types: tuple[str, ...]) -> None:
+    started = time.perf_counter()
+    session = _session(project_dir, profiles_dir, target, vars_text)
+    write_compiled(session.manifest)
+    write_manifest(session.manifest, command)
+    selected = _select(session, select, exclude, resource_types)
+    options = RunOptions(threads=threads or session.target.threads, full_refresh=full_refresh,
+                         load_source_samples=session.target.type == "duckdb")
+    warehouse = open_warehouse(session.target, session.project)
+    reporter = ConsoleReporter(log_format)
+    if log_format != "json":
+        console.print(f"batchflow {__version__} · project [bold]{session.project.name}[/] · target "
+                      f"[bold]{session.target.name}[/] ({session.target.type}) · {len(selected)} node(s)")
+    try:
+        runner = Runner(session.manifest, session.compiler, warehouse,
+                        lambda: open_backend(session.target, warehouse), reporter, options)
+        results = runner.run(selected)
+    finally:
+        warehouse.close()
+    elapsed = time.perf_counter() - started
+    write_run_results(session.manifest, command, results, elapsed, options.run_id)
+    counts = summarize(results)
+    if log_format == "json":
+        print(json.dumps({"event": "run_finish", "summary": counts, "seconds": round(elapsed, 3)}))
+    else:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing selected"
+        console.print(f"Finished in {elapsed:.2f}s: {parts}")
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+        select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
+        full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text") -> None:
+    """Build the selected models (batch models submit their requests and land the answers)."""
+    try:
+        _execute("run", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
+                 log_format, ("model",))
+    except BatchflowError as exc:
+        _fail(exc, log_format)
+
+
+@app.command()
+def build(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+          select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
+          full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text") -> None:
+    """Load seeds, then build the selected models, in dependency order."""
+    try:
+        _execute("build", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
+                 log_format, ("model", "seed"))
+    except BatchflowError as exc:
+        _fail(exc, log_format)
+
+
+@app.command()
+def compile(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+            select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
+            log_format: LogFormatOpt = "text") -> None:
+    """Render and parse every model; write target/compiled/ and target/manifest.json. Runs nothing."""
+    try:
+        session = _session(project_dir, profiles_dir, target, vars)
+        write_compiled(session.manifest)
+        write_manifest(session.manifest, "compile")
+        selected = _select(session, select, exclude, ("model",))
+        order = [n for n in session.manifest.graph.topological_order() if n in selected]
+        if log_format == "json":
+            print(json.dumps({"event": "compiled", "nodes": order}))
+        else:
+            for name in order:
+                node = session.manifest.nodes[name]
+                console.print(f"compiled {node.materialized:<11} {name}  [dim]{node.path}[/]")
+            console.print(f"{len(order)} model(s) compiled into {session.project.target_path / 'compiled'}")
+    except BatchflowError as exc:
+        _fail(exc, log_format)
+
+
+@app.command("ls")
+def list_nodes(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+               select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
+               resource_type: Annotated[Optional[str], typer.Option("--resource-type")] = None,
+               output: Annotated[str, typer.Option("--output", help="name, path or json.")] = "name") -> None:
+    """List the selected nodes in dependency order."""
+    try:
+        session = _session(project_dir, profiles_dir, target, vars)
+        types = (resource_type,) if resource_type else ("model", "seed", "source")
+        selected = _select(session, select, exclude, types)
+        for name in session.manifest.graph.topological_order():
+            if name not in selected:
+                continue
+            node = session.manifest.nodes[name]
+            if output == "json":
+                print(json.dumps({"name": name, "resource_type": node.resource_type, "path": node.path,
+                                  "materialized": node.materialized, "tags": node.tags}))
+            else:
+                print(node.path if output == "path" else name)
+    except BatchflowError as exc:
+        _fail(exc, "text")
+
+
+@app.command()
+def debug(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
+          target: TargetOpt = None) -> None:
+    """Check the project, the profile and the warehouse connection."""
+    try:
+        project = load_project(project_dir.resolve())
+        console.print(f"[green]OK[/] project {project.name!r} at {project.root} "
+                      f"({len(project.models)} models, {len(project.seeds)} seeds, {len(project.sources)} sources)")
+        tgt = load_profile(project, profiles_dir, target)
+        console.print(f"[green]OK[/] profile {tgt.profile!r}, target {tgt.name!r} ({tgt.type}, schema {tgt.schema})")
+        warehouse = open_warehouse(tgt, project)
+        try:
+            warehouse.query_arrow("SELECT 1 AS ok")
+            console.print(f"[green]OK[/] connection to {warehouse.name}")
+        finally:
+            warehouse.close()
+        backend = tgt.batch.get("backend", "local" if tgt.type == "duckdb" else "vertex")
+        console.print(f"[green]OK[/] batch backend {backend!r} ({tgt.batch.get('provider', 'vertex')})")
+    except BatchflowError as exc:
+        _fail(exc, "text")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+    if version:
+        console.print(f"batchflow {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="batchflow")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

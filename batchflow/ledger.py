@@ -1,0 +1,120 @@
+"""The job ledger: one row per batch job, kept in the target dataset (`_batchflow_jobs`).
+
+It is written before a job is created (state SUBMITTING), again once the backend named the job,
+and on every state change, so a rerun on a fresh machine knows what was already paid for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from batchflow.relation import Relation, string_literal
+from batchflow.warehouse.base import Warehouse
+
+LEDGER_TABLE = "_batchflow_jobs"
+
+#: states of a ledger row beyond the backend's job states
+SUBMITTING = "SUBMITTING"  # intent recorded, create() not known to have succeeded
+LANDED = "LANDED"  # output merged into the model's responses; nothing left to do
+LOST = "LOST"  # the backend no longer knows the job (local executor after a crash)
+
+_COLUMNS = """
+  job_key STRING,
+  job_name STRING,
+  node STRING,
+  run_id STRING,
+  shard INT64,
+  gemini_model STRING,
+  input_table STRING,
+  output_table STRING,
+  fingerprint STRING,
+  state STRING,
+  row_count INT64,
+  successful_count INT64,
+  failed_count INT64,
+  error STRING,
+  created_at TIMESTAMP,
+  updated_at TIMESTAMP
+"""
+
+
+@dataclass
+class LedgerEntry:
+    """One job as the ledger remembers it."""
+
+    job_key: str  # batchflow's own id (run, node, shard): known before the backend names the job
+    job_name: str | None
+    node: str
+    run_id: str
+    shard: int
+    gemini_model: str
+    input_table: str
+    output_table: str
+    fingerprint: str
+    state: str
+    row_count: int
+    successful_count: int = 0
+    failed_count: int = 0
+    error: str | None = None
+    created_at: Any = None
+    updated_at: Any = None
+
+
+class Ledger:
+    """Reads and writes `_batchflow_jobs` through a warehouse adapter."""
+
+    def __init__(self, warehouse: Warehouse, schema: str | None = None):
+        self.warehouse = warehouse
+        self.relation: Relation = warehouse.relation(LEDGER_TABLE, schema)
+        warehouse.execute(f"CREATE TABLE IF NOT EXISTS {self.relation.render()} ({_COLUMNS})")
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Insert a new job row (called before the backend's create)."""
+        values = ", ".join(
+            [
+                string_literal(entry.job_key),
+                string_literal(entry.job_name),
+                string_literal(entry.node),
+                string_literal(entry.run_id),
+                str(int(entry.shard)),
+                string_literal(entry.gemini_model),
+                string_literal(entry.input_table),
+                string_literal(entry.output_table),
+                string_literal(entry.fingerprint),
+                string_literal(entry.state),
+                str(int(entry.row_count)),
+                "0",
+                "0",
+                "NULL",
+                "CURRENT_TIMESTAMP()",
+                "CURRENT_TIMESTAMP()",
+            ]
+        )
+        self.warehouse.execute(f"INSERT INTO {self.relation.render()} VALUES ({values})")
+
+    def update(self, job_key: str, **fields: Any) -> None:
+        """Set columns of one job row (state, job_name, counts, error)."""
+        sets = []
+        for column, value in fields.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                sets.append(f"{column} = {value}")
+            else:
+                sets.append(f"{column} = {string_literal(None if value is None else str(value))}")
+        sets.append("updated_at = CURRENT_TIMESTAMP()")
+        self.warehouse.execute(
+            f"UPDATE {self.relation.render()} SET {', '.join(sets)} WHERE job_key = {string_literal(job_key)}"
+        )
+
+    def entries(self, node: str | None = None, open_only: bool = False) -> list[LedgerEntry]:
+        """Ledger rows, oldest first; `open_only` keeps jobs not yet landed, lost or failed for good."""
+        where = []
+        if node is not None:
+            where.append(f"node = {string_literal(node)}")
+        if open_only:
+            where.append(f"state NOT IN ('{LANDED}', '{LOST}', 'FAILED')")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        table = self.warehouse.query_arrow(
+            f"SELECT * FROM {self.relation.render()}{clause} ORDER BY created_at, job_key"
+        )
+        return [LedgerEntry(**row) for row in table.to_pylist()]

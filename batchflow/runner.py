@@ -1,0 +1,252 @@
+"""Executing a selection of the manifest: materializations, a thread pool over the DAG, run results.
+
+The runner talks to the warehouse and the batch backend only through their protocols; which
+concrete adapter it gets is decided by `batchflow.adapters`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from batchflow.batch.base import BatchBackend
+from batchflow.compiler import Compiler, Manifest, Node
+from batchflow.errors import BatchflowError
+from batchflow.ledger import Ledger
+from batchflow.lifecycle import BatchLifecycle
+from batchflow.warehouse.base import Warehouse
+
+
+@dataclass
+class NodeResult:
+    """The outcome of one node in a run."""
+
+    name: str
+    resource_type: str
+    materialized: str
+    status: str  # "success" | "error" | "skipped"
+    relation: str = ""
+    message: str = ""
+    rows: int | None = None
+    execution_time: float = 0.0
+    started_at: str = ""
+    completed_at: str = ""
+    batch: dict[str, Any] | None = None
+    path: str = ""
+    line: int | None = None
+
+
+class Reporter(Protocol):
+    """Receives progress from the runner (the CLI prints it; tests may record it)."""
+
+    def node_started(self, node: Node, index: int, total: int) -> None:
+        """A node began executing."""
+
+    def node_finished(self, node: Node, result: NodeResult, index: int, total: int) -> None:
+        """A node finished (success, error or skipped)."""
+
+    def batch_progress(self, node: Node, state: str, done: int, failed: int, total: int) -> None:
+        """A batch model's jobs moved: rows done and failed out of total rows sent."""
+
+
+class SilentReporter:
+    """A reporter that prints nothing."""
+
+    def node_started(self, node: Node, index: int, total: int) -> None:  # noqa: D102
+        pass
+
+    def node_finished(self, node: Node, result: NodeResult, index: int, total: int) -> None:  # noqa: D102
+        pass
+
+    def batch_progress(self, node: Node, state: str, done: int, failed: int, total: int) -> None:  # noqa: D102
+        pass
+
+
+@dataclass
+class RunOptions:
+    """Switches of one run."""
+
+    threads: int = 4
+    full_refresh: bool = False
+    load_source_samples: bool = False  # local target: sources are read from their sample CSVs
+    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Runner:
+    """Runs selected nodes in dependency order on a thread pool."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        compiler: Compiler,
+        warehouse: Warehouse,
+        backend_factory: Callable[[], BatchBackend],
+        reporter: Reporter,
+        options: RunOptions,
+    ):
+        self.manifest = manifest
+        self.compiler = compiler
+        self.wh = warehouse
+        self._backend_factory = backend_factory
+        self._backend: BatchBackend | None = None
+        self._ledger: Ledger | None = None
+        self.reporter = reporter
+        self.options = options
+        self._lock = threading.Lock()  # batch models on several threads share one backend and ledger
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def run(self, selected: set[str]) -> list[NodeResult]:
+        """Execute `selected` nodes (sources are prepared, not reported). Failed nodes skip their
+        downstream; independent branches go on."""
+        order = [n for n in self.manifest.graph.topological_order() if n in selected]
+        sources = [n for n in order if self.manifest.nodes[n].resource_type == "source"]
+        order = [n for n in order if n not in sources]
+        self._prepare_sources(sources, order)
+        results: dict[str, NodeResult] = {}
+        deps = {n: [d for d in self.manifest.nodes[n].depends_on if d in order] for n in order}
+        index = {n: i + 1 for i, n in enumerate(order)}
+        running: dict[Future[NodeResult], str] = {}
+        remaining = list(order)
+        with ThreadPoolExecutor(max_workers=max(1, self.options.threads)) as pool:
+            while remaining or running:
+                for name in list(remaining):
+                    if any(d not in results for d in deps[name]):
+                        continue
+                    remaining.remove(name)
+                    failed = [d for d in deps[name] if results[d].status != "success"]
+                    node = self.manifest.nodes[name]
+                    if failed:
+                        results[name] = self._skipped(node, failed)
+                        self.reporter.node_finished(node, results[name], index[name], len(order))
+                        continue
+                    self.reporter.node_started(node, index[name], len(order))
+                    running[pool.submit(self._execute, node)] = name
+                if not running:
+                    continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    results[name] = future.result()
+                    self.reporter.node_finished(self.manifest.nodes[name], results[name], index[name], len(order))
+        return [results[n] for n in order]
+
+    def _skipped(self, node: Node, failed: list[str]) -> NodeResult:
+        return NodeResult(
+            name=node.name,
+            resource_type=node.resource_type,
+            materialized=node.materialized,
+            status="skipped",
+            relation=str(node.relation),
+            message=f"skipped: upstream {', '.join(failed)} did not succeed",
+            path=node.path,
+        )
+
+    def _prepare_sources(self, sources: list[str], order: list[str]) -> None:
+        """On the local target, load each source's sample CSV into the source's relation."""
+        if not self.options.load_source_samples:
+            return
+        needed = set(sources) | {d for n in order for d in self.manifest.nodes[n].depends_on if d.startswith("source:")}
+        for name in sorted(needed):
+            node = self.manifest.nodes.get(name)
+            if node is None or node.sample is None:
+                continue
+            self.wh.ensure_schema(node.relation.schema)
+            self.wh.load_csv(node.relation, node.sample)
+
+    # -- one node --------------------------------------------------------------------------------
+    def _execute(self, node: Node) -> NodeResult:
+        started = time.perf_counter()
+        result = NodeResult(
+            name=node.name,
+            resource_type=node.resource_type,
+            materialized=node.materialized,
+            status="success",
+            relation=str(node.relation),
+            started_at=_now(),
+            path=node.path,
+        )
+        try:
+            self.wh.ensure_schema(node.relation.schema)
+            result.rows = self._materialize(node, result)
+        except BatchflowError as exc:
+            result.status = "error"
+            result.message = exc.message
+            result.path = exc.path or node.path
+            result.line = exc.line
+        except Exception as exc:  # noqa: BLE001 - one model's bug must not kill the others
+            result.status = "error"
+            result.message = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        result.execution_time = round(time.perf_counter() - started, 3)
+        result.completed_at = _now()
+        return result
+
+    def _materialize(self, node: Node, result: NodeResult) -> int | None:
+        if node.resource_type == "seed":
+            seed = self.manifest.project.seeds[node.name]
+            return self.wh.load_csv(node.relation, seed.abs_path)
+        kind = node.materialized
+        sql = node.compiled_sql.strip().rstrip(";")
+        if kind == "ephemeral":
+            return None
+        if kind == "view":
+            self.wh.create_view_as(node.relation, sql)
+            return None
+        if kind == "table":
+            return self.wh.create_table_as(node.relation, sql)
+        if kind == "incremental":
+            return self._incremental(node, sql)
+        if kind == "batch":
+            lifecycle = BatchLifecycle(
+                node,
+                self.wh,
+                self.backend,
+                self.ledger,
+                self.compiler.renderer.call_macro,
+                self.options.run_id,
+                progress=lambda state, done, failed, total: self.reporter.batch_progress(
+                    node, state, done, failed, total
+                ),
+            )
+            try:
+                report = lifecycle.run()
+            finally:
+                result.batch = lifecycle.report.as_dict()
+            return report.rows_total
+        raise BatchflowError(f"unknown materialization {kind!r}", node.path)
+
+    def _incremental(self, node: Node, sql: str) -> int:
+        exists = self.wh.kind(node.relation) == "table"
+        if not exists or self.options.full_refresh:
+            return self.wh.create_table_as(node.relation, sql)
+        sql = self.compiler.compile_for_run(self.manifest, node.name, is_incremental=True).strip().rstrip(";")
+        key = node.config.get("unique_key")
+        if key:
+            return self.wh.merge_into(node.relation, sql, [key] if isinstance(key, str) else list(key))
+        return self.wh.insert_into(node.relation, sql)
+
+    # -- lazily opened batch machinery -------------------------------------------------------------
+    @property
+    def backend(self) -> BatchBackend:
+        """The batch backend, opened on first use (runs without batch models never open it)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._backend_factory()
+            return self._backend
+
+    @property
+    def ledger(self) -> Ledger:
+        """The job ledger in the target schema."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = Ledger(self.wh)
+            return self._ledger

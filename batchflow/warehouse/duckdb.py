@@ -1,0 +1,299 @@
+"""DuckDB adapter: the embedded warehouse of the local target.
+
+Models arrive as BigQuery SQL; each SELECT is transpiled by `batchflow.sql.to_duckdb` and wrapped
+in DuckDB DDL here. BigQuery functions DuckDB lacks are installed by `duckdb_functions.install`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from batchflow.errors import ExecutionError
+from batchflow.relation import Relation
+from batchflow.sql import to_duckdb
+from batchflow.warehouse.base import Column, RelationKind
+from batchflow.warehouse.duckdb_functions import install
+
+_SIMPLE_TYPES = {
+    "VARCHAR": "STRING",
+    "BIGINT": "INT64",
+    "INTEGER": "INT64",
+    "SMALLINT": "INT64",
+    "TINYINT": "INT64",
+    "HUGEINT": "INT64",
+    "UBIGINT": "INT64",
+    "UINTEGER": "INT64",
+    "USMALLINT": "INT64",
+    "UTINYINT": "INT64",
+    "DOUBLE": "FLOAT64",
+    "FLOAT": "FLOAT64",
+    "BOOLEAN": "BOOL",
+    "JSON": "JSON",
+    "DATE": "DATE",
+    "TIME": "TIME",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMP",
+    # A naive DuckDB timestamp is what BigQuery calls DATETIME (no time zone).
+    "TIMESTAMP": "DATETIME",
+    "TIMESTAMP_NS": "DATETIME",
+    "TIMESTAMP_MS": "DATETIME",
+    "TIMESTAMP_S": "DATETIME",
+    "BLOB": "BYTES",
+    "UUID": "STRING",
+    "INTERVAL": "INTERVAL",
+}
+
+
+def bigquery_type(duckdb_type: str) -> str:
+    """Spell a DuckDB column type the way BigQuery would (VARCHAR → STRING, INTEGER[] → ARRAY<INT64>)."""
+    t = duckdb_type.strip().upper()
+    if t.endswith("[]"):
+        return f"ARRAY<{bigquery_type(t[:-2])}>"
+    if re.fullmatch(r".+\[\d+\]", t):
+        return f"ARRAY<{bigquery_type(t[: t.rindex('[')])}>"
+    if t.startswith("STRUCT(") or t.startswith("MAP("):
+        return "STRUCT"
+    if t.startswith("DECIMAL") or t.startswith("NUMERIC"):
+        return "NUMERIC"
+    return _SIMPLE_TYPES.get(t, t)
+
+
+def _request_hash_udf(requests: pa.Array, models: pa.Array) -> pa.Array:
+    """Vectorised `bf_request_hash(request_text, model)` for DuckDB."""
+    from batchflow.requests import request_hash  # the rules live in one place, shared by every target
+
+    return pa.array(
+        [None if r is None else request_hash(r, m) for r, m in zip(requests.to_pylist(), models.to_pylist())],
+        type=pa.string(),
+    )
+
+
+def _request_problem_udf(requests: pa.Array) -> pa.Array:
+    """Vectorised `bf_request_problem(request_text)` for DuckDB."""
+    from batchflow.requests import request_problem
+
+    return pa.array([request_problem(r) for r in requests.to_pylist()], type=pa.string())
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _render(relation: Relation) -> str:
+    """DuckDB-quoted `"schema"."table"` (the database part is ignored: one file, one catalog)."""
+    return f"{_quote(relation.schema)}.{_quote(relation.identifier)}"
+
+
+class DuckDBWarehouse:
+    """A DuckDB database file (or `:memory:`), one cursor per thread."""
+
+    name = "duckdb"
+
+    def __init__(self, path: str | Path, schema: str = "main"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = duckdb.connect(self.path)
+        except duckdb.Error as exc:  # e.g. the file is locked by another batchflow process
+            raise ExecutionError(f"cannot open DuckDB database {self.path}: {exc}") from exc
+        self.schema = schema
+        self._closed = False
+        self._local = threading.local()
+        install(self._conn)
+        # Python UDFs live on the root connection; its cursors see them.
+        self._conn.create_function(
+            "bf_request_hash", _request_hash_udf, ["VARCHAR", "VARCHAR"], "VARCHAR", type="arrow"
+        )
+        self._conn.create_function(
+            "bf_request_problem", _request_problem_udf, ["VARCHAR"], "VARCHAR", type="arrow"
+        )
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        # Closing before interpreter exit keeps DuckDB's Python UDF bindings from printing leak noise.
+        atexit.register(self.close)
+        self.ensure_schema(schema)
+
+    # -- connections -------------------------------------------------------------------------
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor private to the calling thread (a DuckDB connection is not thread-safe)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._conn.cursor()
+            self._cursors.append(cur)
+            self._local.cursor = cur
+        return cur
+
+    def _run(self, duck_sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        try:
+            return self._cursor().execute(duck_sql, params or [])
+        except duckdb.Error as exc:
+            raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _transaction(self, statements: list[str]) -> None:
+        """Run DuckDB statements atomically: all of them or none."""
+        cur = self._cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            for stmt in statements:
+                cur.execute(stmt)
+        except duckdb.Error as exc:
+            cur.execute("ROLLBACK")
+            raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
+        cur.execute("COMMIT")
+
+    # -- protocol ----------------------------------------------------------------------------
+    def relation(self, identifier: str, schema: str | None = None) -> Relation:
+        return Relation(None, schema or self.schema, identifier)
+
+    def ensure_schema(self, schema: str) -> None:
+        self._run(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+
+    def execute(self, sql: str) -> None:
+        self._run(to_duckdb(sql))
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        return self._run(to_duckdb(sql)).fetch_arrow_table()
+
+    def iter_batches(self, sql: str, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+        # A dedicated cursor: the caller may run other statements on this thread while it streams.
+        cur = self._conn.cursor()
+        try:
+            reader = cur.execute(to_duckdb(sql)).fetch_record_batch(batch_size)
+            yield from reader
+        except duckdb.Error as exc:
+            raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            cur.close()
+
+    def kind(self, relation: Relation) -> RelationKind | None:
+        row = self._run(
+            "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [relation.schema, relation.identifier],
+        ).fetchone()
+        if row is None:
+            return None
+        return "view" if row[0] == "VIEW" else "table"
+
+    def columns(self, relation: Relation) -> list[Column]:
+        rows = self._run(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [relation.schema, relation.identifier],
+        ).fetchall()
+        return [Column(name, bigquery_type(dtype)) for name, dtype in rows]
+
+    def _drop_statement(self, relation: Relation, kind: RelationKind | None) -> list[str]:
+        if kind is None:
+            return []
+        return [f"DROP {'VIEW' if kind == 'view' else 'TABLE'} {_render(relation)}"]
+
+    def create_table_as(self, relation: Relation, select_sql: str) -> int:
+        # One transaction: a failing SELECT leaves the previous table untouched.
+        kind = self.kind(relation)
+        self._transaction(
+            ([] if kind == "table" else self._drop_statement(relation, kind))
+            + [f"CREATE OR REPLACE TABLE {_render(relation)} AS {to_duckdb(select_sql)}"]
+        )
+        return self._count(relation)
+
+    def create_view_as(self, relation: Relation, select_sql: str) -> None:
+        kind = self.kind(relation)
+        self._transaction(
+            ([] if kind == "view" else self._drop_statement(relation, kind))
+            + [f"CREATE OR REPLACE VIEW {_render(relation)} AS {to_duckdb(select_sql)}"]
+        )
+
+    def insert_into(self, relation: Relation, select_sql: str) -> int:
+        before = self._count(relation)
+        self._transaction([f"INSERT INTO {_render(relation)} BY NAME {to_duckdb(select_sql)}"])
+        return self._count(relation) - before
+
+    def merge_into(self, relation: Relation, select_sql: str, unique_key: list[str]) -> int:
+        staged = f"__bf_merge_{threading.get_ident()}"
+        keys = ", ".join(_quote(k) for k in unique_key)
+        self._transaction(
+            [
+                f"CREATE OR REPLACE TEMP TABLE {_quote(staged)} AS {to_duckdb(select_sql)}",
+                f"DELETE FROM {_render(relation)} WHERE ({keys}) IN (SELECT ({keys}) FROM {_quote(staged)})"
+                if len(unique_key) > 1
+                else f"DELETE FROM {_render(relation)} WHERE {keys} IN (SELECT {keys} FROM {_quote(staged)})",
+                f"INSERT INTO {_render(relation)} BY NAME SELECT * FROM {_quote(staged)}",
+            ]
+        )
+        count = self._run(f"SELECT count(*) FROM {_quote(staged)}").fetchone()[0]
+        self._run(f"DROP TABLE IF EXISTS {_quote(staged)}")
+        return int(count)
+
+    def drop(self, relation: Relation) -> None:
+        for stmt in self._drop_statement(relation, self.kind(relation)):
+            self._run(stmt)
+
+    def write_arrow(
+        self,
+        relation: Relation,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        json_columns: Iterable[str] = (),
+    ) -> int:
+        if self.kind(relation) is not None:
+            raise ExecutionError(f"{relation} already exists")
+        reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
+        json_set = set(json_columns)
+        select = ", ".join(
+            f"CAST({_quote(f.name)} AS JSON) AS {_quote(f.name)}" if f.name in json_set else _quote(f.name)
+            for f in schema
+        )
+        cur = self._cursor()
+        view = f"__bf_arrow_{threading.get_ident()}"
+        cur.register(view, reader)
+        try:
+            self._run(f"CREATE TABLE {_render(relation)} AS SELECT {select} FROM {_quote(view)}")
+        finally:
+            cur.unregister(view)
+        return self._count(relation)
+
+    def load_csv(self, relation: Relation, path: Path) -> int:
+        described = self._run("DESCRIBE SELECT * FROM read_csv(?, header = true)", [str(path)]).fetchall()
+        # BigQuery loads CSV timestamps as TIMESTAMP (UTC), not DATETIME: keep that on DuckDB too.
+        select = ", ".join(
+            f"CAST({_quote(name)} AS TIMESTAMPTZ) AS {_quote(name)}" if dtype == "TIMESTAMP" else _quote(name)
+            for name, dtype, *_ in described
+        )
+        path_literal = "'" + str(path).replace("'", "''") + "'"
+        kind = self.kind(relation)
+        self._transaction(
+            ([] if kind == "table" else self._drop_statement(relation, kind))
+            + [
+                f"CREATE OR REPLACE TABLE {_render(relation)} AS "
+                f"SELECT {select} FROM read_csv({path_literal}, header = true)"
+            ]
+        )
+        return self._count(relation)
+
+    def request_hash_sql(self, request_sql: str, model: str) -> str:
+        model_literal = "'" + model.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return f"bf_request_hash(CAST({request_sql} AS STRING), {model_literal})"
+
+    def request_problem_sql(self, request_sql: str) -> str:
+        return f"bf_request_problem(CAST({request_sql} AS STRING))"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for cur in self._cursors:
+            cur.close()
+        for udf in ("bf_request_hash", "bf_request_problem"):
+            self._conn.remove_function(udf)
+        self._conn.close()
+        atexit.unregister(self.close)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _count(self, relation: Relation) -> int:
+        return int(self._run(f"SELECT count(*) FROM {_render(relation)}").fetchone()[0])
