@@ -1,13 +1,24 @@
 """Reading a batchflow project from disk: project file, profiles, models, macros, sources, seeds, yml docs.
 
-(Loader implementation in progress; the dataclasses below are the contract the compiler relies on.)
+`load_project` reads `batchflow_project.yml` (or a dbt project's `dbt_project.yml`) and everything it points
+at; `load_profile` reads the chosen target of `profiles.yml`. Every configuration error names file and line.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import traceback
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import jinja2
+
+from batchflow.errors import ConfigError
+from batchflow.yamlio import LineDict, line_of, load_yaml, parse_yaml, to_plain
 
 
 @dataclass
@@ -18,6 +29,7 @@ class ColumnDoc:
     description: str = ""
     data_type: str | None = None
     tests: list[Any] = field(default_factory=list)
+    line: int | None = None  # line of the column entry in its yml file
 
 
 @dataclass
@@ -33,6 +45,8 @@ class ModelFile:
     description: str = ""
     columns: dict[str, ColumnDoc] = field(default_factory=dict)
     yml_path: Path | None = None  # the yml file that documents this model, if any
+    yml_line: int | None = None  # line of the model's entry in yml_path
+    tests: list[Any] = field(default_factory=list)  # model-level data tests of the yml entry
 
 
 @dataclass
@@ -45,6 +59,9 @@ class Seed:
     config: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     columns: dict[str, ColumnDoc] = field(default_factory=dict)
+    fqn: list[str] = field(default_factory=list)  # [project, *subfolders, name], for `seeds:` config blocks
+    yml_path: Path | None = None
+    yml_line: int | None = None
 
 
 @dataclass
@@ -61,6 +78,7 @@ class SourceTable:
     line: int
     description: str = ""
     columns: dict[str, ColumnDoc] = field(default_factory=dict)
+    tests: list[Any] = field(default_factory=list)  # table-level data tests
 
 
 @dataclass
@@ -78,6 +96,8 @@ class Project:
     sources: dict[tuple[str, str], SourceTable]
     macro_files: list[Path]  # absolute paths of the project's macros/*.sql
     batch_defaults: dict[str, Any] = field(default_factory=dict)  # `batch:` block of the project file
+    key_lines: dict[str, int] = field(default_factory=dict)  # line of each top-level key of project_file
+    warnings: list[str] = field(default_factory=list)  # "file:line: message", e.g. unused config paths
 
 
 @dataclass
@@ -93,3 +113,710 @@ class Target:
     settings: dict[str, Any] = field(default_factory=dict)  # the whole target block, env_var() resolved
     batch: dict[str, Any] = field(default_factory=dict)  # the target's `batch:` block (backend, provider, ...)
     profiles_file: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Loader
+# --------------------------------------------------------------------------------------------------
+
+PROJECT_FILE_NAMES = ("batchflow_project.yml", "dbt_project.yml")
+PROFILES_FILE_NAME = "profiles.yml"
+PROFILES_DIR_ENV = "BATCHFLOW_PROFILES_DIR"
+TARGET_TYPES = ("duckdb", "bigquery")
+
+_PROJECT_KEYS = (
+    "name", "profile", "model-paths", "macro-paths", "seed-paths", "target-path", "vars", "models", "seeds", "batch",
+)
+# Keys of a dbt_project.yml that batchflow has no use for: accepted so dbt projects load unchanged.
+_IGNORED_PROJECT_KEYS = frozenset({
+    "version", "config-version", "test-paths", "analysis-paths", "snapshot-paths", "clean-targets",
+    "require-dbt-version", "packages-install-path", "docs-paths", "asset-paths", "flags", "quoting",
+    "on-run-start", "on-run-end", "query-comment", "dispatch", "tests", "data_tests", "sources", "snapshots",
+    "analyses", "metrics", "semantic-models", "saved-queries", "exposures", "log-path", "modules-path",
+    "restrict-access", "vars-file",
+})
+_YML_KEYS = ("version", "models", "sources", "seeds")
+_IGNORED_YML_KEYS = frozenset({
+    "macros", "exposures", "metrics", "semantic_models", "saved_queries", "analyses", "snapshots", "groups",
+    "unit_tests", "data_tests", "tests",
+})
+
+# Configs whose value is a mapping: without a `+` they would otherwise read as a sub-folder.
+_DICT_CONFIGS = frozenset({
+    "meta", "docs", "persist_docs", "grants", "partition_by", "labels", "column_types", "contract", "quoting",
+    "batch", "config",
+})
+_APPEND_CONFIGS = frozenset({"tags", "pre-hook", "post-hook", "pre_hook", "post_hook"})
+_UPDATE_CONFIGS = frozenset({"meta", "batch", "labels", "grants", "persist_docs", "docs"})
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the closest candidate, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def merge_configs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, dbt's way: tags and hooks accumulate, meta-like dicts update,
+    anything else is replaced. Neither argument is modified."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key in _APPEND_CONFIGS:
+            merged[key] = list(dict.fromkeys(_as_list(merged.get(key)) + _as_list(value)))
+        elif key in _UPDATE_CONFIGS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _rel(root: Path, path: Path) -> Path:
+    """`path` relative to `root` when it is inside it (a model folder may live elsewhere)."""
+    prefix = str(root) + os.sep
+    text = str(path)
+    return Path(text[len(prefix):]) if text.startswith(prefix) else path
+
+
+def _entry_name(entry: Any, kind: str, path: Path, fallback_line: int | None) -> str:
+    """The `name:` of a yml list entry, which must be a mapping with a non-empty scalar name."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"each {kind} entry must be a mapping with a `name:`", path, line_of(entry) or fallback_line)
+    name = entry.get("name")
+    if name is None or isinstance(name, (dict, list, bool)) or str(name) == "":
+        raise ConfigError(f"{kind} entry without a `name:`", path, line_of(entry) or fallback_line)
+    return str(name)
+
+
+def _mapping(value: Any, what: str, path: Path, line: int | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}", path, line)
+    return value
+
+
+def _list(value: Any, what: str, path: Path, line: int | None) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{what} must be a list, got {type(value).__name__}", path, line)
+    return value
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# ---- hierarchical `models:` / `seeds:` configs ----------------------------------------------------
+
+
+@dataclass
+class _ConfigLevel:
+    """One level of a `models:`/`seeds:` block: its configs and the folders/names below it."""
+
+    configs: dict[str, Any]
+    children: dict[str, _ConfigLevel]
+    line: int | None
+    used: bool = False
+
+
+def _config_level(value: Any, path: Path, line: int | None) -> _ConfigLevel:
+    level = _ConfigLevel({}, {}, line)
+    for key, child in _mapping(value, "a `models:`/`seeds:` level", path, line).items():
+        key = str(key)
+        key_line = line_of(value, key)
+        if key.startswith("+"):
+            level.configs[key[1:].strip()] = to_plain(child)
+        elif (child is None or isinstance(child, dict)) and key not in _DICT_CONFIGS:
+            level.children[key] = _config_level(child, path, key_line)
+        else:  # dbt's rule: a key without `+` whose value is not a mapping is a config
+            level.configs[key] = to_plain(child)
+    return level
+
+
+def _resolve_config(root: _ConfigLevel, fqn: list[str]) -> dict[str, Any]:
+    """Configs along `fqn` from the top of the block down; deeper levels win, tags accumulate."""
+    config = merge_configs({}, root.configs)
+    level = root
+    for part in fqn:
+        level = level.children.get(part)  # type: ignore[assignment]
+        if level is None:
+            break
+        level.used = True
+        config = merge_configs(config, level.configs)
+    return config
+
+
+def _unused_config_paths(level: _ConfigLevel, prefix: str) -> Iterator[tuple[str, int | None]]:
+    for name, child in level.children.items():
+        dotted = f"{prefix}.{name}"
+        if not child.used:
+            yield dotted, child.line
+        else:
+            yield from _unused_config_paths(child, dotted)
+
+
+# ---- the project file ------------------------------------------------------------------------------
+
+
+def find_project_file(project_dir: Path) -> Path:
+    """`batchflow_project.yml`, else `dbt_project.yml`, in `project_dir`."""
+    for file_name in PROJECT_FILE_NAMES:
+        candidate = project_dir / file_name
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no {' or '.join(PROJECT_FILE_NAMES)} in {project_dir} (use --project-dir to point at a project)",
+        project_dir,
+    )
+
+
+def _check_project_keys(data: LineDict, path: Path) -> None:
+    for key in data:
+        if key not in _PROJECT_KEYS and key not in _IGNORED_PROJECT_KEYS:
+            raise ConfigError(
+                f"unknown key {key!r} in the project file{did_you_mean(str(key), _PROJECT_KEYS)}",
+                path,
+                data.key_line(key),
+            )
+
+
+def _project_name(data: LineDict, path: Path) -> str:
+    name = data.get("name")
+    if name is None:
+        raise ConfigError("the project file needs a `name:`", path, data.line or 1)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            f"project name {name!r} must be letters, digits and underscores, not starting with a digit",
+            path,
+            data.key_line("name"),
+        )
+    return name
+
+
+def _path_list(data: LineDict, key: str, default: str, path: Path) -> list[str]:
+    value = data.get(key, [default])
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"`{key}:` must be a folder name or a list of folder names", path, data.key_line(key))
+    return list(items)
+
+
+def _project_vars(data: LineDict, name: str, cli_vars: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    """Global vars, then the vars scoped to this project (dbt's `vars: {<project>: {...}}`), then --vars."""
+    raw = to_plain(_mapping(data.get("vars"), "`vars:`", path, data.key_line("vars")))
+    merged = dict(raw)
+    if isinstance(raw.get(name), dict):
+        merged.update(raw[name])
+    merged.update(cli_vars or {})
+    return merged
+
+
+# ---- discovery --------------------------------------------------------------------------------------
+
+
+def _discover(root: Path, folders: list[str], suffixes: tuple[str, ...]) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """(absolute path, sub-folders below its search folder) of every file with one of `suffixes`,
+    sorted. Hidden files and folders (editor droppings, .git) are skipped. Works on strings: pathlib
+    per file is a visible share of loading a 2,000-model project."""
+    seen: set[str] = set()
+    for folder in folders:
+        base = os.path.realpath(root / folder)
+        found: list[tuple[str, tuple[str, ...]]] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            sub = tuple(os.path.relpath(dirpath, base).split(os.sep)) if dirpath != base else ()
+            found.extend(
+                (os.path.join(dirpath, f), sub) for f in filenames if f.endswith(suffixes) and not f.startswith(".")
+            )
+        for abs_path, sub in sorted(found):
+            if abs_path not in seen:
+                seen.add(abs_path)
+                yield Path(abs_path), sub
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read file: {exc}", path, 1) from None
+
+
+class _ProjectLoader:
+    """Discovers and documents the project's models, seeds and sources."""
+
+    def __init__(self, root: Path, name: str, project_file: Path):
+        self.root = root
+        self.name = name
+        self.project_file = project_file
+        self.models: dict[str, ModelFile] = {}
+        self.seeds: dict[str, Seed] = {}
+        self.sources: dict[tuple[str, str], SourceTable] = {}
+
+    def load_models(self, folders: list[str], tree: _ConfigLevel) -> None:
+        for abs_path, sub in _discover(self.root, folders, (".sql",)):
+            name = abs_path.stem
+            if name in self.models:
+                raise ConfigError(
+                    f"two models named {name!r}: {self.models[name].path} and {_rel(self.root, abs_path)}"
+                    " (model names must be unique across folders)",
+                    abs_path,
+                    1,
+                )
+            fqn = [self.name, *sub, name]
+            self.models[name] = ModelFile(
+                name=name,
+                path=_rel(self.root, abs_path),
+                abs_path=abs_path,
+                raw_sql=_read_text(abs_path),
+                fqn=fqn,
+                config=_resolve_config(tree, fqn),
+            )
+
+    def load_seeds(self, folders: list[str], tree: _ConfigLevel) -> None:
+        for abs_path, sub in _discover(self.root, folders, (".csv",)):
+            name = abs_path.stem
+            if name in self.seeds:
+                raise ConfigError(
+                    f"two seeds named {name!r}: {self.seeds[name].path} and {_rel(self.root, abs_path)}",
+                    abs_path,
+                    1,
+                )
+            if name in self.models:
+                raise ConfigError(
+                    f"seed {name!r} has the same name as model {self.models[name].path}; ref() would be ambiguous",
+                    abs_path,
+                    1,
+                )
+            fqn = [self.name, *sub, name]
+            self.seeds[name] = Seed(
+                name=name,
+                path=_rel(self.root, abs_path),
+                abs_path=abs_path,
+                config=_resolve_config(tree, fqn),
+                fqn=fqn,
+            )
+
+    # ---- property (yml) files ----
+
+    def apply_yml(self, path: Path) -> None:
+        data = load_yaml(path)
+        if data is None:
+            return
+        if not isinstance(data, LineDict):
+            raise ConfigError("a properties file must be a mapping (version:, models:, sources:, ...)", path, 1)
+        for key in data:
+            if key not in _YML_KEYS and key not in _IGNORED_YML_KEYS:
+                raise ConfigError(f"unknown key {key!r}{did_you_mean(str(key), _YML_KEYS)}", path, data.key_line(key))
+        if "version" in data and data["version"] != 2:
+            raise ConfigError("only `version: 2` property files are supported", path, data.key_line("version"))
+        for entry in _list(data.get("models"), "`models:`", path, data.key_line("models")):
+            self._document_model(entry, path, data.key_line("models"))
+        for entry in _list(data.get("seeds"), "`seeds:`", path, data.key_line("seeds")):
+            self._document_seed(entry, path, data.key_line("seeds"))
+        for entry in _list(data.get("sources"), "`sources:`", path, data.key_line("sources")):
+            self._declare_source(entry, path, data.key_line("sources"))
+
+    def _document_model(self, entry: Any, path: Path, list_line: int | None) -> None:
+        name = _entry_name(entry, "model", path, list_line)
+        model = self.models.get(name)
+        if model is None:
+            raise ConfigError(
+                f"yml entry for model {name!r}, but there is no models/**/{name}.sql{did_you_mean(name, self.models)}",
+                path,
+                entry.key_line("name"),
+            )
+        if model.yml_path is not None:
+            raise ConfigError(
+                f"model {name!r} is already documented at {_rel(self.root, model.yml_path)}:{model.yml_line}",
+                path,
+                entry.line,
+            )
+        model.yml_path, model.yml_line = path, entry.line
+        model.description = _text(entry.get("description"))
+        model.columns = _columns(entry, path)
+        model.tests = _tests(entry, path)
+        config = _mapping(entry.get("config"), "`config:`", path, entry.key_line("config"))
+        model.config = merge_configs(model.config, to_plain(config))
+
+    def _document_seed(self, entry: Any, path: Path, list_line: int | None) -> None:
+        name = _entry_name(entry, "seed", path, list_line)
+        seed = self.seeds.get(name)
+        if seed is None:
+            raise ConfigError(
+                f"yml entry for seed {name!r}, but there is no seeds/**/{name}.csv{did_you_mean(name, self.seeds)}",
+                path,
+                entry.key_line("name"),
+            )
+        if seed.yml_path is not None:
+            raise ConfigError(
+                f"seed {name!r} is already documented at {_rel(self.root, seed.yml_path)}:{seed.yml_line}",
+                path,
+                entry.line,
+            )
+        seed.yml_path, seed.yml_line = path, entry.line
+        seed.description = _text(entry.get("description"))
+        seed.columns = _columns(entry, path)
+        config = _mapping(entry.get("config"), "`config:`", path, entry.key_line("config"))
+        seed.config = merge_configs(seed.config, to_plain(config))
+
+    def _declare_source(self, entry: Any, path: Path, list_line: int | None) -> None:
+        source_name = _entry_name(entry, "source", path, list_line)
+        schema = entry.get("schema", source_name)
+        database = entry.get("database", entry.get("project"))
+        tables = _list(entry.get("tables"), "`tables:`", path, entry.key_line("tables"))
+        for table in tables:
+            name = _entry_name(table, "source table", path, line_of(tables))
+            existing = self.sources.get((source_name, name))
+            if existing is not None:
+                raise ConfigError(
+                    f"source table {source_name}.{name} is already declared at "
+                    f"{_rel(self.root, existing.yml_path)}:{existing.line}",
+                    path,
+                    table.line,
+                )
+            self.sources[(source_name, name)] = SourceTable(
+                source_name=source_name,
+                name=name,
+                schema=_text(schema),
+                database=None if database is None else str(database),
+                identifier=_text(table.get("identifier", name)),
+                sample=self._sample_path(table, path),
+                yml_path=path,
+                line=table.line,
+                description=_text(table.get("description")),
+                columns=_columns(table, path),
+                tests=_tests(table, path),
+            )
+
+    def _sample_path(self, table: LineDict, path: Path) -> Path | None:
+        """The table's `sample:` (or `meta: {sample:}`) CSV, relative to the yml file or the project root."""
+        holder: Any = table
+        value = table.get("sample")
+        if value is None and isinstance(table.get("meta"), dict):
+            holder, value = table["meta"], table["meta"].get("sample")
+        if value is None:
+            return None
+        line = line_of(holder, "sample")
+        if not isinstance(value, str) or not value:
+            raise ConfigError("`sample:` must be the path of a CSV file", path, line)
+        candidate = Path(value).expanduser()
+        candidates = [candidate] if candidate.is_absolute() else [path.parent / candidate, self.root / candidate]
+        for option in candidates:
+            if option.is_file():
+                return option.resolve()
+        raise ConfigError(
+            f"sample file {value!r} not found (looked in {path.parent} and {self.root})", path, line
+        )
+
+
+def _tests(entry: LineDict, path: Path) -> list[Any]:
+    """`data_tests:` then `tests:` (dbt's older name) of a model, table or column entry."""
+    tests: list[Any] = []
+    for key in ("data_tests", "tests"):
+        tests.extend(_list(entry.get(key), f"`{key}:`", path, entry.key_line(key)))
+    return tests
+
+
+def _columns(entry: LineDict, path: Path) -> dict[str, ColumnDoc]:
+    columns: dict[str, ColumnDoc] = {}
+    items = _list(entry.get("columns"), "`columns:`", path, entry.key_line("columns"))
+    for column in items:
+        name = _entry_name(column, "column", path, line_of(items))
+        if name in columns:
+            raise ConfigError(f"column {name!r} is listed twice (first at line {columns[name].line})", path, column.line)
+        data_type = column.get("data_type")
+        columns[name] = ColumnDoc(
+            name=name,
+            description=_text(column.get("description")),
+            data_type=None if data_type is None else str(data_type),
+            tests=_tests(column, path),
+            line=column.line,
+        )
+    return columns
+
+
+def _macro_files(root: Path, folders: list[str]) -> list[Path]:
+    return sorted(abs_path for abs_path, _ in _discover(root, folders, (".sql",)))
+
+
+def _read_project_file(root: Path) -> tuple[Path, LineDict]:
+    project_file = find_project_file(root)
+    data = load_yaml(project_file)
+    if not isinstance(data, LineDict):
+        raise ConfigError("the project file must be a mapping (name:, profile:, ...)", project_file, 1)
+    _check_project_keys(data, project_file)
+    return project_file, data
+
+
+def _name_setting(data: LineDict, key: str, default: str, what: str, path: Path) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"`{key}:` must be {what}", path, data.key_line(key))
+    return value
+
+
+def _config_warnings(project_file: Path, trees: dict[str, _ConfigLevel]) -> list[str]:
+    """dbt warns about config paths that apply to nothing (usually a misspelt folder): so do we."""
+    return [
+        f"{project_file}:{line}: `{block}:` config path {dotted[1:]!r} matches no {block[:-1]}"
+        for block, tree in trees.items()
+        for dotted, line in _unused_config_paths(tree, "")
+    ]
+
+
+def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None) -> Project:
+    """Read the project in `project_dir`: project file, models, seeds, sources, yml docs and macros."""
+    root = Path(project_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError("project directory does not exist", root)
+    project_file, data = _read_project_file(root)
+    name = _project_name(data, project_file)
+    profile = _name_setting(data, "profile", name, "a profile name", project_file)
+    target_path = _name_setting(data, "target-path", "target", "a folder name", project_file)
+    model_paths = _path_list(data, "model-paths", "models", project_file)
+    seed_paths = _path_list(data, "seed-paths", "seeds", project_file)
+    macro_paths = _path_list(data, "macro-paths", "macros", project_file)
+    project_vars = _project_vars(data, name, cli_vars, project_file)
+    batch_defaults = _mapping(data.get("batch"), "`batch:`", project_file, data.key_line("batch"))
+    trees = {
+        block: _config_level(data.get(block), project_file, data.key_line(block)) for block in ("models", "seeds")
+    }
+
+    loader = _ProjectLoader(root, name, project_file)
+    loader.load_models(model_paths, trees["models"])
+    loader.load_seeds(seed_paths, trees["seeds"])
+    # Property files live next to models (dbt also reads seed properties from the seed folders).
+    for yml_path, _ in _discover(root, model_paths + seed_paths, (".yml", ".yaml")):
+        loader.apply_yml(yml_path)
+    return Project(
+        name=name,
+        root=root,
+        project_file=project_file,
+        profile=profile,
+        target_path=(root / target_path).resolve(),
+        vars=project_vars,
+        models=loader.models,
+        seeds=loader.seeds,
+        sources=loader.sources,
+        macro_files=_macro_files(root, macro_paths),
+        batch_defaults=to_plain(batch_defaults),
+        key_lines={str(key): line for key, line in data.key_lines.items()},
+        warnings=_config_warnings(project_file, trees),
+    )
+
+
+# ---- profiles ---------------------------------------------------------------------------------------
+
+
+# A missing env_var() without default renders as this marker instead of failing at once: like dbt, only
+# the chosen target has to be complete (a laptop without the prod variables can still run `local`), and
+# after parsing the marker sits on the exact line of the key that needs the variable.
+_MISSING_ENV = "__batchflow_missing_env_var__"
+_MISSING_ENV_RE = re.compile(re.escape(_MISSING_ENV) + r"\[([^\]]*)\]")
+_NO_DEFAULT = object()
+
+
+def _env_var(name: str, default: Any = _NO_DEFAULT) -> Any:
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    if default is _NO_DEFAULT:
+        return f"{_MISSING_ENV}[{name}]"
+    return default
+
+
+def _as_number(value: Any) -> Any:
+    text = str(value)
+    if _MISSING_ENV in text:
+        return text  # reported with its line once the chosen target is known
+    return float(text) if "." in text else int(text)
+
+
+def _as_bool(value: Any) -> Any:
+    text = str(value)
+    return text if _MISSING_ENV in text else text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line an exception was raised from (Jinja maps its frames to `<template>`)."""
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == "<template>":
+            line = lineno
+    return line
+
+
+def render_profiles_text(text: str, path: Path) -> str:
+    """Render the Jinja in a profiles file (`env_var('NAME', 'default')`, `as_number`, ...) as a whole,
+    so the YAML parsed afterwards keeps its line numbers."""
+    if "{{" not in text and "{%" not in text:
+        return text
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.globals["env_var"] = _env_var
+    env.filters.update(as_number=_as_number, as_bool=_as_bool, as_text=str, as_native=lambda v: v)
+    try:
+        return env.from_string(text).render()
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"Jinja syntax error: {exc.message}", path, exc.lineno) from None
+    except Exception as exc:  # noqa: BLE001 - any failure while rendering is a config problem at a line
+        raise ConfigError(f"cannot render: {exc}", path, _template_line(exc)) from None
+
+
+def _check_env_vars(value: Any, path: Path, line: int | None) -> None:
+    """Fail on the first env_var() without value or default inside `value` (a target's settings)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_env_vars(item, path, line_of(value, key))
+    elif isinstance(value, list):
+        for item in value:
+            _check_env_vars(item, path, line_of(item) or line_of(value))
+    elif isinstance(value, str) and _MISSING_ENV in value:
+        found = _MISSING_ENV_RE.search(value)
+        name = found.group(1) if found else "?"
+        raise ConfigError(f"environment variable {name!r} is not set and env_var() has no default", path, line)
+
+
+def find_profiles_file(project_root: Path, profiles_dir: Path | None = None) -> Path:
+    """profiles.yml from `profiles_dir`, else $BATCHFLOW_PROFILES_DIR, else the project root, else
+    ~/.batchflow/. Like dbt, an explicit directory (argument or variable) is not second-guessed."""
+    env_dir = os.environ.get(PROFILES_DIR_ENV)
+    if profiles_dir is not None:
+        folders = [Path(profiles_dir)]
+    elif env_dir:
+        folders = [Path(env_dir)]
+    else:
+        folders = [project_root, Path.home() / ".batchflow"]
+    for folder in folders:
+        candidate = folder.expanduser() / PROFILES_FILE_NAME
+        if candidate.is_file():
+            return candidate.resolve()
+    looked = ", ".join(str(folder.expanduser()) for folder in folders)
+    raise ConfigError(
+        f"{PROFILES_FILE_NAME} not found; looked in: {looked} (use --profiles-dir or {PROFILES_DIR_ENV})",
+        folders[0].expanduser() / PROFILES_FILE_NAME,
+    )
+
+
+def read_profiles(path: Path) -> LineDict:
+    """Render and parse a profiles file."""
+    data = parse_yaml(render_profiles_text(_read_text(path), path), path)
+    if not isinstance(data, LineDict):
+        raise ConfigError("profiles.yml must be a mapping of profile names", path, 1)
+    return data
+
+
+def _pick_output(
+    profile: LineDict, profile_name: str, target_name: str | None, path: Path, profile_line: int | None
+) -> tuple[str, LineDict]:
+    outputs = _mapping(profile.get("outputs"), "`outputs:`", path, profile.key_line("outputs"))
+    if not outputs:
+        raise ConfigError(f"profile {profile_name!r} has no `outputs:`", path, profile_line)
+    if target_name is None:
+        target_name = profile.get("target")
+        if target_name is None:
+            raise ConfigError(
+                f"profile {profile_name!r} has no default `target:`; pass --target (one of: {', '.join(map(str, outputs))})",
+                path,
+                profile_line,
+            )
+        _check_env_vars(target_name, path, profile.key_line("target"))
+        where = profile.key_line("target")
+    else:
+        where = profile.key_line("outputs")
+    target_name = str(target_name)
+    output = outputs.get(target_name)
+    if output is None:
+        raise ConfigError(
+            f"profile {profile_name!r} has no target {target_name!r}{did_you_mean(target_name, map(str, outputs))}; "
+            f"available: {', '.join(map(str, outputs))}",
+            path,
+            where,
+        )
+    output = _mapping(output, f"target {target_name!r}", path, line_of(outputs, target_name))
+    _check_env_vars(output, path, output.line)
+    return target_name, output
+
+
+def _threads(output: LineDict, path: Path) -> int:
+    value = output.get("threads", 4)
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        threads = 0
+    if threads < 1 or isinstance(value, bool):
+        raise ConfigError(f"`threads:` must be a positive integer, got {value!r}", path, output.key_line("threads"))
+    return threads
+
+
+def _target_schema(output: LineDict, type_: str, path: Path) -> str:
+    schema = output.get("schema", output.get("dataset"))
+    if schema is None:
+        if type_ == "bigquery":
+            raise ConfigError("a bigquery target needs `dataset:` (or `schema:`)", path, output.line)
+        return "main"
+    if not isinstance(schema, str) or not schema:
+        key = "schema" if "schema" in output else "dataset"
+        raise ConfigError("the target's dataset/schema must be a name", path, output.key_line(key))
+    return schema
+
+
+def _duckdb_path(settings: dict[str, Any], root: Path) -> str:
+    raw = str(settings.get("path") or "target/batchflow.duckdb")
+    if raw == ":memory:" or raw.startswith(("md:", "motherduck:")):
+        return raw  # not files
+    path = Path(raw).expanduser()
+    return str(path if path.is_absolute() else (root / path).resolve())
+
+
+def load_profile(project: Project, profiles_dir: Path | None = None, target_name: str | None = None) -> Target:
+    """The `target_name` output (default: the profile's `target:`) of the project's profile."""
+    path = find_profiles_file(project.root, profiles_dir)
+    profiles = read_profiles(path)
+    profile = profiles.get(project.profile)
+    if profile is None:
+        available = [str(name) for name in profiles if name != "config"]
+        where = "profile" if "profile" in project.key_lines else "name"
+        raise ConfigError(
+            f"profile {project.profile!r} not found in {path}{did_you_mean(project.profile, available)}; "
+            f"available: {', '.join(available) or 'none'}",
+            project.project_file,
+            project.key_lines.get(where),
+        )
+    profile_line = profiles.key_line(project.profile)
+    profile = _mapping(profile, f"profile {project.profile!r}", path, profile_line)
+    name, output = _pick_output(profile, project.profile, target_name, path, profile_line)
+    type_ = output.get("type")
+    if type_ not in TARGET_TYPES:
+        raise ConfigError(
+            f"target {name!r}: `type:` must be one of {', '.join(TARGET_TYPES)}, got {type_!r}",
+            path,
+            output.key_line("type"),
+        )
+    settings = to_plain(output)
+    if type_ == "duckdb":
+        settings["path"] = _duckdb_path(settings, project.root)
+    batch_defaults = {"backend": "local", "provider": "mock"} if type_ == "duckdb" else {"backend": "vertex"}
+    batch = _mapping(output.get("batch"), "`batch:`", path, output.key_line("batch"))
+    return Target(
+        name=name,
+        profile=project.profile,
+        type=type_,
+        schema=_target_schema(output, type_, path),
+        database=None if type_ == "duckdb" else _optional_text(output.get("project", output.get("database"))),
+        threads=_threads(output, path),
+        settings=settings,
+        batch={**batch_defaults, **to_plain(batch)},
+        profiles_file=path,
+    )
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
