@@ -32,8 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="batchflow: dbt-style SQL projects for Gemini batch prediction (BigQuery in, BigQuery out).",
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ProjectDir = Annotated[Path, typer.Option("--project-dir", help="Folder holding batchflow_project.yml.")]
 ProfilesDir = Annotated[Optional[Path], typer.Option("--profiles-dir", help="Folder holding profiles.yml.")]
@@ -127,7 +127,7 @@ class ConsoleReporter:
                 b = result.batch
                 outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(b["outcomes"].items())) or "no rows"
                 out.print(f"      rows {b['rows_total']:,}: sent {b['rows_sent']:,}, reused {b['rows_reused']:,}, "
-                          f"invalid {b['rows_invalid']:,} | {outcomes} | tokens {b['total_tokens']:,} | "
+                          f"duplicate {b['rows_duplicate']:,}, invalid {b['rows_invalid']:,} | {outcomes} | tokens {b['total_tokens']:,} | "
                           f"jobs {len(b['jobs'])}")
                 for warning in b.get("warnings", []):
                     out.print(f"      [yellow]warning[/] {warning}")

@@ -15,9 +15,9 @@ from typing import Any, Callable
 import jinja2
 
 from batchflow import sql as sqlmod
-from batchflow.errors import CompileError, ConfigError
+from batchflow.errors import BatchflowError, CompileError, ConfigError
 from batchflow.graph import Graph, NodeInfo
-from batchflow.project import ModelFile, Project, Target
+from batchflow.project import ModelFile, Project, Target, merge_configs
 from batchflow.relation import Relation
 
 BUILTIN_MACRO_DIR = Path(__file__).parent / "macros"
@@ -160,10 +160,11 @@ class JinjaRenderer:
         self._check_macro_files()
         self._macros = self._template(self.MACROS)
 
-    def _load(self, name: str) -> str:
+    def _load(self, name: str) -> tuple[str, str, Callable[[], bool]]:
+        # The filename becomes the code object's filename, which map_error reads from tracebacks.
         if name == self.MACROS:
-            return self._macro_text
-        return self.project.models[name].raw_sql
+            return self._macro_text, name, lambda: True
+        return self.project.models[name].raw_sql, name, lambda: True
 
     def _check_macro_files(self) -> None:
         """Syntax-check each macro file alone, so an error names the right file and line."""
@@ -188,7 +189,7 @@ class JinjaRenderer:
             if exc.name == self.MACROS:
                 return self._macro_error(exc.message or str(exc), exc.lineno)
             return CompileError(f"Jinja syntax error: {exc.message}", model.path, exc.lineno)
-        if isinstance(exc, CompileError):
+        if isinstance(exc, CompileError) and exc.path is not None:
             return exc
         line: int | None = None
         where: tuple[str, int] | None = None
@@ -200,11 +201,13 @@ class JinjaRenderer:
             elif filename == model.name:
                 where = ("model", tb.tb_lineno)
             tb = tb.tb_next
-        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else exc.message
+        message = exc.message if isinstance(exc, BatchflowError) else f"{type(exc).__name__}: {exc}"
         if where and where[0] == "macro":
             return self._macro_error(message, where[1])
         if where:
             line = where[1]
+        if isinstance(exc, ConfigError):
+            return ConfigError(message, model.path, line)
         return CompileError(message, model.path, line)
 
     def _macro_error(self, message: str, line: int | None) -> CompileError:
@@ -267,12 +270,13 @@ class Compiler:
                     f"{_suggest(f'{source_name}.{table_name}', choices)}"
                 )
             captured.sources.append((source_name, table_name))
-            return source_relation(table.database, table.schema, table.identifier, target).render()
+            return source_relation(self._render_text(table.database), self._render_text(table.schema) or "",
+                                   table.identifier, target).render()
 
         def config(*args: Any, **kwargs: Any) -> str:
             if args and isinstance(args[0], dict):
                 kwargs = {**args[0], **kwargs}
-            captured.config.update(kwargs)
+            captured.config = merge_configs(captured.config, kwargs)
             return ""
 
         def var(name: str, default: Any = _MISSING) -> Any:
@@ -328,6 +332,14 @@ class Compiler:
         # ephemeral candidates' configs first by rendering in two passes (cheap: no SQL parsing).
         for name in self.project.models:
             self._rendered[name] = self.render_model(name)
+        # Disabled models (config enabled=false) disappear, as in dbt; a ref to one is an error.
+        disabled = [n for n, (_, c) in self._rendered.items() if c.config.get("enabled", True) is False]
+        for name in disabled:
+            del self._rendered[name]
+        for name, (_, captured) in self._rendered.items():
+            hit = next((r for r in captured.refs if r in disabled), None)
+            if hit:
+                raise CompileError(f"ref({hit!r}) points at a disabled model", self.project.models[name].path)
         # Second pass only for models that ref an ephemeral (its name was unknown during pass 1).
         for name, (_, captured) in list(self._rendered.items()):
             if any(self._materialized(r) == "ephemeral" for r in captured.refs if r in self.project.models):
@@ -340,7 +352,8 @@ class Compiler:
                 name=key,
                 resource_type="source",
                 path=str(table.yml_path.relative_to(self.project.root)) if table.yml_path else "",
-                relation=source_relation(table.database, table.schema, table.identifier, self.target),
+                relation=source_relation(self._render_text(table.database), self._render_text(table.schema) or "",
+                                         table.identifier, self.target),
                 description=table.description,
                 columns={k: v.__dict__ for k, v in table.columns.items()},
                 sample=table.sample,
@@ -382,6 +395,14 @@ class Compiler:
             if node.resource_type == "model":
                 node.compiled_sql = self.finish_sql(manifest, node, node.compiled_sql)
         return manifest
+
+    def _render_text(self, text: str | None) -> str | None:
+        """Render Jinja in a yml value such as `schema: "{{ target.schema }}"`."""
+        if not text or "{{" not in text:
+            return text
+        env_context = {"target": _target_context(self.target), "var": lambda n, d=None: self.project.vars.get(n, d),
+                       "env_var": lambda n, d="": os.environ.get(n, d)}
+        return self.renderer.env.from_string(text).render(env_context).strip()
 
     def finish_sql(self, manifest: Manifest, node: Node, sql: str) -> str:
         """Parse rendered SQL (errors name the source file and line) and inline ephemeral refs."""

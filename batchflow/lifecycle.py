@@ -73,8 +73,9 @@ class BatchReport:
 
     rows_total: int = 0
     rows_invalid: int = 0
-    rows_sent: int = 0
-    rows_reused: int = 0
+    rows_sent: int = 0  # distinct requests sent in this run
+    rows_reused: int = 0  # distinct requests answered by an earlier run
+    rows_duplicate: int = 0  # rows whose request is identical to another row's (answered once)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
     total_tokens: int = 0
@@ -212,6 +213,7 @@ class BatchLifecycle:
         to_send = self._count(todo.render())
         self.report.rows_sent = to_send
         distinct = self._count(f"(SELECT DISTINCT request_hash FROM {self.requests_rel.render()})")
+        self.report.rows_duplicate = self.report.rows_total - distinct
         self.report.rows_reused = max(distinct - to_send - self.report.rows_invalid, 0)
         return todo
 

@@ -81,6 +81,17 @@ def _request_problem_udf(requests: pa.Array) -> pa.Array:
     return pa.array([request_problem(r) for r in requests.to_pylist()], type=pa.string())
 
 
+def _arrow_table(result: duckdb.DuckDBPyRelation) -> pa.Table:
+    # DuckDB 2 renamed fetch_arrow_table/fetch_record_batch to to_arrow_table/to_arrow_reader.
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch()
+
+
+def _arrow_reader(result: duckdb.DuckDBPyRelation, batch_size: int) -> pa.RecordBatchReader:
+    fetch = getattr(result, "to_arrow_reader", None) or result.fetch_record_batch
+    return fetch(batch_size)
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -109,10 +120,10 @@ class DuckDBWarehouse:
         install(self._conn)
         # Python UDFs live on the root connection; its cursors see them.
         self._conn.create_function(
-            "bf_request_hash", _request_hash_udf, ["VARCHAR", "VARCHAR"], "VARCHAR", type="arrow"
+            "bf_request_hash", _request_hash_udf, ["VARCHAR", "VARCHAR"], "VARCHAR", type="arrow", null_handling="special"
         )
         self._conn.create_function(
-            "bf_request_problem", _request_problem_udf, ["VARCHAR"], "VARCHAR", type="arrow"
+            "bf_request_problem", _request_problem_udf, ["VARCHAR"], "VARCHAR", type="arrow", null_handling="special"
         )
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         # Closing before interpreter exit keeps DuckDB's Python UDF bindings from printing leak noise.
@@ -129,23 +140,32 @@ class DuckDBWarehouse:
             self._local.cursor = cur
         return cur
 
-    def _run(self, duck_sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+    def _run(self, duck_sql: str, params: list | None = None) -> list[tuple]:
+        """Execute on this thread's cursor and fetch every row (DuckDB 2 refuses new work on a
+        cursor with an unfinished result)."""
         try:
-            return self._cursor().execute(duck_sql, params or [])
+            return self._cursor().execute(duck_sql, params or []).fetchall()
+        except duckdb.Error as exc:
+            raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _relation(self, cur: duckdb.DuckDBPyConnection, duck_sql: str) -> duckdb.DuckDBPyRelation:
+        """A lazy query (Arrow export from a relation avoids DB-API's extra copy of the rows)."""
+        try:
+            return cur.sql(duck_sql)
         except duckdb.Error as exc:
             raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
 
     def _transaction(self, statements: list[str]) -> None:
         """Run DuckDB statements atomically: all of them or none."""
         cur = self._cursor()
-        cur.execute("BEGIN TRANSACTION")
+        cur.execute("BEGIN TRANSACTION").fetchall()
         try:
             for stmt in statements:
-                cur.execute(stmt)
+                cur.execute(stmt).fetchall()
         except duckdb.Error as exc:
-            cur.execute("ROLLBACK")
+            cur.execute("ROLLBACK").fetchall()
             raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
-        cur.execute("COMMIT")
+        cur.execute("COMMIT").fetchall()
 
     # -- protocol ----------------------------------------------------------------------------
     def relation(self, identifier: str, schema: str | None = None) -> Relation:
@@ -158,13 +178,13 @@ class DuckDBWarehouse:
         self._run(to_duckdb(sql))
 
     def query_arrow(self, sql: str) -> pa.Table:
-        return self._run(to_duckdb(sql)).fetch_arrow_table()
+        return _arrow_table(self._relation(self._cursor(), to_duckdb(sql)))
 
     def iter_batches(self, sql: str, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
         # A dedicated cursor: the caller may run other statements on this thread while it streams.
         cur = self._conn.cursor()
         try:
-            reader = cur.execute(to_duckdb(sql)).fetch_record_batch(batch_size)
+            reader = _arrow_reader(self._relation(cur, to_duckdb(sql)), batch_size)
             yield from reader
         except duckdb.Error as exc:
             raise ExecutionError(f"{type(exc).__name__}: {exc}") from exc
@@ -175,17 +195,17 @@ class DuckDBWarehouse:
         row = self._run(
             "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
             [relation.schema, relation.identifier],
-        ).fetchone()
-        if row is None:
+        )
+        if not row:
             return None
-        return "view" if row[0] == "VIEW" else "table"
+        return "view" if row[0][0] == "VIEW" else "table"
 
     def columns(self, relation: Relation) -> list[Column]:
         rows = self._run(
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
             [relation.schema, relation.identifier],
-        ).fetchall()
+        )
         return [Column(name, bigquery_type(dtype)) for name, dtype in rows]
 
     def _drop_statement(self, relation: Relation, kind: RelationKind | None) -> list[str]:
@@ -226,7 +246,7 @@ class DuckDBWarehouse:
                 f"INSERT INTO {_render(relation)} BY NAME SELECT * FROM {_quote(staged)}",
             ]
         )
-        count = self._run(f"SELECT count(*) FROM {_quote(staged)}").fetchone()[0]
+        count = self._run(f"SELECT count(*) FROM {_quote(staged)}")[0][0]
         self._run(f"DROP TABLE IF EXISTS {_quote(staged)}")
         return int(count)
 
@@ -259,7 +279,7 @@ class DuckDBWarehouse:
         return self._count(relation)
 
     def load_csv(self, relation: Relation, path: Path) -> int:
-        described = self._run("DESCRIBE SELECT * FROM read_csv(?, header = true)", [str(path)]).fetchall()
+        described = self._run("DESCRIBE SELECT * FROM read_csv(?, header = true)", [str(path)])
         # BigQuery loads CSV timestamps as TIMESTAMP (UTC), not DATETIME: keep that on DuckDB too.
         select = ", ".join(
             f"CAST({_quote(name)} AS TIMESTAMPTZ) AS {_quote(name)}" if dtype == "TIMESTAMP" else _quote(name)
@@ -296,4 +316,4 @@ class DuckDBWarehouse:
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, relation: Relation) -> int:
-        return int(self._run(f"SELECT count(*) FROM {_render(relation)}").fetchone()[0])
+        return int(self._run(f"SELECT count(*) FROM {_render(relation)}")[0][0])
