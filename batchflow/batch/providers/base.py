@@ -1,0 +1,149 @@
+"""The one small interface every local-executor provider implements, plus shared helpers.
+
+A provider answers Gemini `GenerateContentRequest` dicts with Gemini `GenerateContentResponse` dicts
+(REST camelCase JSON, exactly as Vertex batch writes them into the `response` column), or with a row
+error in Vertex's `status` text format: ``<HTTP reason phrase>: <google.rpc error JSON>``, e.g.
+``Bad Request: {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any, Protocol
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class ProviderResult:
+    """The answer to one request: `response` (None on a row error) and `status` ("" on success).
+
+    A provider may hand over the response as JSON text instead (`text=`, what the mock does to stay
+    fast on million-row jobs): `response` then parses it on first access, and `response_text()`
+    returns it without re-encoding. Treat `response` as read-only.
+    """
+
+    __slots__ = ("_response", "_text", "status")
+
+    def __init__(self, response: dict | None = None, status: str = "", *, text: str | None = None):
+        self._response = response
+        self._text = text
+        self.status = status
+
+    @property
+    def response(self) -> dict | None:
+        if self._response is None and self._text is not None:
+            self._response = json.loads(self._text)
+        return self._response
+
+    def response_text(self) -> str | None:
+        """The response as compact JSON text (None for a row error)."""
+        if self._text is None and self._response is not None:
+            self._text = _dumps(self._response)
+        return self._text
+
+    @property
+    def ok(self) -> bool:
+        return self.status == ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProviderResult):
+            return NotImplemented
+        return self.status == other.status and self.response == other.response
+
+    def __repr__(self) -> str:
+        body = self._text if self._text is not None else self._response
+        return f"ProviderResult(response={body!r}, status={self.status!r})"
+
+
+class Provider(Protocol):
+    """Answers batches of requests. Never raises for one bad row: it returns a row error instead."""
+
+    name: str
+
+    def generate(self, model: str, requests: list[dict]) -> list[ProviderResult]:
+        """One result per request, in the same order."""
+
+
+#: google.rpc canonical codes for the HTTP statuses Vertex maps them to.
+RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def http_reason(code: int) -> str:
+    """The HTTP reason phrase (`Too Many Requests` for 429); `Client Closed Request` for 499."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Client Closed Request" if code == 499 else ("Bad Request" if code < 500 else "Internal Server Error")
+
+
+def rpc_status(code: int) -> str:
+    """The google.rpc status name for an HTTP code (UNKNOWN when there is no mapping)."""
+    if code in RPC_STATUS:
+        return RPC_STATUS[code]
+    if 400 <= code < 500:
+        return "FAILED_PRECONDITION"
+    if code >= 500:
+        return "INTERNAL"
+    return "UNKNOWN"
+
+
+def error_status(code: int, message: str, status: str | None = None) -> str:
+    """Vertex's row `status` text: ``<reason>: {"error": {"code": .., "message": .., "status": ..}}``."""
+    body = {"error": {"code": code, "message": message, "status": status or rpc_status(code)}}
+    return f"{http_reason(code)}: {json.dumps(body)}"
+
+
+def row_error(code: int, message: str, status: str | None = None) -> ProviderResult:
+    """A failed row: no response, Vertex status text."""
+    return ProviderResult(None, error_status(code, message, status))
+
+
+def as_list(value: Any) -> list:
+    """`parts` arrive as a list or (legacy) a single object; always give a list."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def get2(obj: dict, camel: str, snake: str, default: Any = None) -> Any:
+    """A request field under its camelCase or snake_case name (proto-JSON accepts both)."""
+    value = obj.get(camel)
+    if value is None:
+        value = obj.get(snake, default)
+    return value
+
+
+def system_text(request: dict) -> str:
+    """Text of `systemInstruction` (a Content, a list of parts, or a plain string)."""
+    si = get2(request, "systemInstruction", "system_instruction")
+    if si is None:
+        return ""
+    if isinstance(si, str):
+        return si
+    if isinstance(si, list):
+        parts = si
+    elif isinstance(si, dict):
+        parts = as_list(si.get("parts")) if "parts" in si else [si]
+    else:
+        return ""
+    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
