@@ -19,7 +19,7 @@ def open_warehouse(target: Target, project: Project) -> Warehouse:
         path = target.settings.get("path") or str(project.target_path / "batchflow.duckdb")
         if path != ":memory:" and not Path(path).is_absolute():
             path = str(project.root / path)
-        return DuckDBWarehouse(path, schema=target.schema)
+        return DuckDBWarehouse(path, schema=target.schema, memory_limit=target.settings.get("memory_limit"))
     raise ConfigError(
         f"target {target.name!r} has type {target.type!r}, which this version cannot run yet; "
         "use a duckdb target",

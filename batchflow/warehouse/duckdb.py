@@ -106,7 +106,7 @@ class DuckDBWarehouse:
 
     name = "duckdb"
 
-    def __init__(self, path: str | Path, schema: str = "main"):
+    def __init__(self, path: str | Path, schema: str = "main", memory_limit: str | None = None):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +118,8 @@ class DuckDBWarehouse:
         self._closed = False
         self._local = threading.local()
         install(self._conn)
+        if memory_limit:  # DuckDB caches blocks up to 80% of RAM by default; big local jobs may cap it
+            self._conn.execute("SET memory_limit = ?", [memory_limit]).fetchall()
         # Python UDFs live on the root connection; its cursors see them.
         self._conn.create_function(
             "bf_request_hash", _request_hash_udf, ["VARCHAR", "VARCHAR"], "VARCHAR", type="arrow", null_handling="special"
