@@ -1,0 +1,1 @@
+"""Loopback emulators of BigQuery and the Vertex AI batch API, for tests."""
