@@ -25,6 +25,7 @@ from batchflow.artifacts import summarize, write_compiled, write_manifest, write
 from batchflow.compiler import Compiler, Manifest, Node
 from batchflow.errors import BatchflowError, ConfigError
 from batchflow.project import Project, Target, load_profile, load_project
+from batchflow.lifecycle import RunFlags
 from batchflow.runner import NodeResult, RunOptions, Runner
 
 app = typer.Typer(
@@ -44,6 +45,10 @@ VarsOpt = Annotated[Optional[str], typer.Option("--vars", help="YAML/JSON mappin
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Models built at once.")]
 FullRefreshOpt = Annotated[bool, typer.Option("--full-refresh", help="Rebuild incremental models from scratch.")]
 LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Build and validate requests, count and estimate cost; submit nothing.")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Submit batch jobs and exit; a later run lands them.")]
+RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Send only rows whose last answer failed.")]
+ResubmitOpt = Annotated[bool, typer.Option("--resubmit-batches", help="Send every request again, even answered ones (pays again).")]
 
 
 @dataclass
@@ -116,21 +121,18 @@ class ConsoleReporter:
             self._emit({"event": "node_finish", "node": node.name, "status": result.status, "rows": result.rows,
                         "seconds": result.execution_time, "message": result.message, "batch": result.batch})
             return
-        color = {"success": "green", "error": "red", "skipped": "yellow"}[result.status]
-        label = {"success": "OK", "error": "ERROR", "skipped": "SKIP"}[result.status]
+        color = {"success": "green", "error": "red", "skipped": "yellow", "pending": "blue"}[result.status]
+        label = {"success": "OK", "error": "ERROR", "skipped": "SKIP", "pending": "PENDING"}[result.status]
         rows = f"{result.rows:,} rows " if result.rows is not None else ""
         with self._lock:
             out = self._console()
             out.print(f"{index} of {total} [{color}]{label}[/] {node.materialized} [bold]{node.name}[/] "
                       f"[dim]{rows}in {result.execution_time:.2f}s[/]")
             if result.batch:
-                b = result.batch
-                outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(b["outcomes"].items())) or "no rows"
-                out.print(f"      rows {b['rows_total']:,}: sent {b['rows_sent']:,}, reused {b['rows_reused']:,}, "
-                          f"duplicate {b['rows_duplicate']:,}, invalid {b['rows_invalid']:,} | {outcomes} | tokens {b['total_tokens']:,} | "
-                          f"jobs {len(b['jobs'])}")
-                for warning in b.get("warnings", []):
-                    out.print(f"      [yellow]warning[/] {warning}")
+                for line in _batch_lines(result.batch):
+                    out.print(f"      {line}")
+            if result.status in ("skipped", "pending") and result.message:
+                out.print(f"      [dim]{result.message}[/]")
             if result.status == "error":
                 where = f"{result.path}:{result.line}" if result.line else result.path
                 out.print(f"      [red]{where}: {result.message}[/]")
@@ -165,16 +167,38 @@ class ConsoleReporter:
         return self._progress.console if self._progress is not None else console
 
 
+def _money(value: float | None) -> str:
+    return "no price configured" if value is None else f"${value:,.4f}"
+
+
+def _batch_lines(b: dict[str, Any]) -> list[str]:
+    """The batch summary under a batch model's result line."""
+    lines = [f"rows {b['rows_total']:,}: sent {b['rows_sent']:,} (retried {b['rows_retried']:,}), "
+             f"reused {b['rows_reused']:,}, duplicate {b['rows_duplicate']:,}, invalid {b['rows_invalid']:,}"
+             + (f", pending {b['rows_pending']:,}" if b.get("rows_pending") else "")]
+    est = b.get("estimate") or {}
+    if est:
+        lines.append(f"estimate: {est['requests']:,} requests, ~{est['input_tokens']:,} input + "
+                     f"~{est['output_tokens']:,} output tokens, {_money(est['cost'])}")
+    if b.get("outcomes"):
+        outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(b["outcomes"].items()))
+        tokens = b.get("tokens") or {}
+        lines.append(f"outcomes: {outcomes} | this run: {tokens.get('total', 0):,} tokens, "
+                     f"{_money(b.get('actual_cost'))} | jobs {len(b['jobs'])}")
+    lines += [f"[yellow]warning[/] {w}" for w in b.get("warnings", [])]
+    return lines
+
+
 def _execute(command: str, project_dir: Path, profiles_dir: Path | None, target: str | None,
              select: list[str] | None, exclude: list[str] | None, vars_text: str | None, threads: int | None,
-             full_refresh: bool, log_format: str, resource_types: tuple[str, ...]) -> None:
+             full_refresh: bool, log_format: str, resource_types: tuple[str, ...], flags: RunFlags) -> None:
     started = time.perf_counter()
     session = _session(project_dir, profiles_dir, target, vars_text)
     write_compiled(session.manifest)
     write_manifest(session.manifest, command)
     selected = _select(session, select, exclude, resource_types)
     options = RunOptions(threads=threads or session.target.threads, full_refresh=full_refresh,
-                         load_source_samples=session.target.type == "duckdb")
+                         load_source_samples=session.target.type == "duckdb", batch=flags)
     warehouse = open_warehouse(session.target, session.project)
     reporter = ConsoleReporter(log_format)
     if log_format != "json":
@@ -193,19 +217,43 @@ def _execute(command: str, project_dir: Path, profiles_dir: Path | None, target:
         print(json.dumps({"event": "run_finish", "summary": counts, "seconds": round(elapsed, 3)}))
     else:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing selected"
-        console.print(f"Finished in {elapsed:.2f}s: {parts}")
+        console.print(f"Finished in {elapsed:.2f}s: {parts}" + (" (dry run: nothing was submitted)" if flags.dry_run else ""))
+        if full_refresh and not flags.resubmit_all and any(r.materialized == "batch" for r in results):
+            console.print("[dim]--full-refresh kept every batch answer already paid for; add --resubmit-batches "
+                          "to send them again[/]")
     if any(r.status == "error" for r in results):
         raise typer.Exit(1)
+
+
+def _flags(dry_run: bool, no_wait: bool, retry_failed: bool, resubmit: bool, full_refresh: bool) -> RunFlags:
+    if resubmit and not full_refresh:
+        raise ConfigError("--resubmit-batches pays for every request again; it only works with --full-refresh")
+    if dry_run and (no_wait or retry_failed):
+        raise ConfigError("--dry-run submits nothing; it cannot be combined with --no-wait or --retry-failed")
+    return RunFlags(dry_run=dry_run, no_wait=no_wait, retry_failed=retry_failed, resubmit_all=resubmit)
+
+
+@app.command()
+def retry(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+          select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
+          log_format: LogFormatOpt = "text", no_wait: NoWaitOpt = False) -> None:
+    """Resend only the failed rows of the selected batch models (same as `run --retry-failed`)."""
+    try:
+        _execute("retry", project_dir, profiles_dir, target, select, exclude, vars, threads, False,
+                 log_format, ("model",), RunFlags(no_wait=no_wait, retry_failed=True))
+    except BatchflowError as exc:
+        _fail(exc, log_format)
 
 
 @app.command()
 def run(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
         select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-        full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text") -> None:
+        full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text", dry_run: DryRunOpt = False,
+        no_wait: NoWaitOpt = False, retry_failed: RetryFailedOpt = False, resubmit_batches: ResubmitOpt = False) -> None:
     """Build the selected models (batch models submit their requests and land the answers)."""
     try:
         _execute("run", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
-                 log_format, ("model",))
+                 log_format, ("model",), _flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh))
     except BatchflowError as exc:
         _fail(exc, log_format)
 
@@ -213,11 +261,13 @@ def run(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, t
 @app.command()
 def build(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
           select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-          full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text") -> None:
+          full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text", dry_run: DryRunOpt = False,
+          no_wait: NoWaitOpt = False, retry_failed: RetryFailedOpt = False,
+          resubmit_batches: ResubmitOpt = False) -> None:
     """Load seeds, then build the selected models, in dependency order."""
     try:
         _execute("build", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
-                 log_format, ("model", "seed"))
+                 log_format, ("model", "seed"), _flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh))
     except BatchflowError as exc:
         _fail(exc, log_format)
 

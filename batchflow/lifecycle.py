@@ -1,5 +1,5 @@
-"""The batch lifecycle of one batch model: build → validate → collect → diff → shard → submit →
-wait → land → results → report.
+"""The batch lifecycle of one batch model: build → validate → collect → diff → estimate → shard →
+submit → wait → land → results → report.
 
 Each stage is a method with one job, so a run can be followed (and tested) stage by stage. All SQL
 here is BigQuery SQL handed to the warehouse adapter; the backend only creates and polls jobs.
@@ -14,6 +14,15 @@ from typing import Any, Callable
 
 from batchflow.batch.base import BatchBackend, JobSpec, JobState, JobStatus
 from batchflow.compiler import Node, batch_results_relations
+from batchflow.cost import (
+    CHARS_PER_TOKEN,
+    DEFAULT_OUTPUT_TOKENS,
+    Estimate,
+    Price,
+    RunBudget,
+    check_model_limits,
+    price_for,
+)
 from batchflow.errors import BatchflowError, ConfigError, ExecutionError, RequestValidationError
 from batchflow.ledger import LANDED, LOST, SUBMITTING, Ledger, LedgerEntry
 from batchflow.relation import Relation, string_literal
@@ -24,6 +33,7 @@ VERTEX_MAX_ROWS_PER_JOB = 200_000
 BOOKKEEPING_COLUMNS = ("request_hash", "job_name", "model_name", "attempt")
 # Row errors worth sending again: rate limits, server errors, not-yet-ready projects.
 RETRYABLE_STATUS = r'"code":\s*(429|5[0-9][0-9])|RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|FAILED_PRECONDITION'
+BLOCK_REASONS = ("RECITATION", "SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "MAX_TOKENS", "OTHER")
 MAX_REPORTED_INVALID = 20
 
 ProgressFn = Callable[[str, int, int, int], None]  # (state, done, failed, total)
@@ -32,7 +42,7 @@ MacroFn = Callable[..., str]
 
 @dataclass
 class BatchSettings:
-    """A batch model's configuration, with defaults and limits applied."""
+    """A batch model's configuration (project `batch:` defaults, then the model's config)."""
 
     model: str
     key: list[str]
@@ -40,22 +50,38 @@ class BatchSettings:
     max_concurrent_jobs: int = 4
     max_attempts: int = 3
     invalid_rows: str = "fail"  # or "skip"
+    retry_on: list[str] = field(default_factory=list)  # finish/block reasons worth resending, e.g. RECITATION
+    fallback_model: str | None = None  # where rows blocked for a `retry_on` reason are resent
+    max_requests: int | None = None
+    max_estimated_cost: float | None = None
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS  # estimate when a request sets no maxOutputTokens
     poll_interval: float | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any], path: str) -> "BatchSettings":
-        """Read and check `config(...)` of a batch model."""
+        """Read and check the merged configuration of a batch model."""
         key = config.get("key") or []
         key = [key] if isinstance(key, str) else list(key)
-        settings = cls(
-            model=str(config["model"]),
-            key=key,
-            max_rows_per_job=int(config.get("max_rows_per_job", 100_000)),
-            max_concurrent_jobs=int(config.get("max_concurrent_jobs", 4)),
-            max_attempts=int(config.get("max_attempts", 3)),
-            invalid_rows=str(config.get("invalid_rows", "fail")),
-            poll_interval=float(config["poll_interval"]) if "poll_interval" in config else None,
-        )
+        retry_on = config.get("retry_on") or []
+        retry_on = [retry_on] if isinstance(retry_on, str) else [str(r).upper() for r in retry_on]
+        try:
+            settings = cls(
+                model=str(config["model"]),
+                key=key,
+                max_rows_per_job=int(config.get("max_rows_per_job", 100_000)),
+                max_concurrent_jobs=int(config.get("max_concurrent_jobs", 4)),
+                max_attempts=int(config.get("max_attempts", 3)),
+                invalid_rows=str(config.get("invalid_rows", "fail")),
+                retry_on=retry_on,
+                fallback_model=config.get("fallback_model"),
+                max_requests=int(config["max_requests"]) if config.get("max_requests") is not None else None,
+                max_estimated_cost=float(config["max_estimated_cost"])
+                if config.get("max_estimated_cost") is not None else None,
+                output_tokens=int(config.get("estimated_output_tokens", DEFAULT_OUTPUT_TOKENS)),
+                poll_interval=float(config["poll_interval"]) if "poll_interval" in config else None,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad batch config: {exc}", path) from None
         if not 1 <= settings.max_rows_per_job <= VERTEX_MAX_ROWS_PER_JOB:
             raise ConfigError(
                 f"max_rows_per_job must be between 1 and {VERTEX_MAX_ROWS_PER_JOB:,} (Vertex's limit)", path
@@ -64,7 +90,20 @@ class BatchSettings:
             raise ConfigError("max_concurrent_jobs and max_attempts must be at least 1", path)
         if settings.invalid_rows not in ("fail", "skip"):
             raise ConfigError("invalid_rows must be 'fail' or 'skip'", path)
+        unknown = [r for r in settings.retry_on if r not in BLOCK_REASONS]
+        if unknown:
+            raise ConfigError(f"retry_on accepts {', '.join(BLOCK_REASONS)}; got {', '.join(unknown)}", path)
         return settings
+
+
+@dataclass
+class RunFlags:
+    """How this run treats a batch model."""
+
+    dry_run: bool = False  # count and estimate; submit nothing
+    no_wait: bool = False  # submit and return; a later run lands the answers
+    retry_failed: bool = False  # send only rows whose last answer failed, ignoring max_attempts
+    resubmit_all: bool = False  # send every request again, even those with a good answer (pays again)
 
 
 @dataclass
@@ -73,12 +112,17 @@ class BatchReport:
 
     rows_total: int = 0
     rows_invalid: int = 0
-    rows_sent: int = 0  # distinct requests sent in this run
-    rows_reused: int = 0  # distinct requests answered by an earlier run
     rows_duplicate: int = 0  # rows whose request is identical to another row's (answered once)
+    rows_sent: int = 0  # distinct requests sent in this run
+    rows_retried: int = 0  # of those, requests that had an answer before (a failed one)
+    rows_reused: int = 0  # distinct requests answered by an earlier run and not sent again
+    rows_pending: int = 0  # requests in jobs still running (--no-wait)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
-    total_tokens: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)  # usage of this run's answers
+    estimate: dict[str, Any] = field(default_factory=dict)  # before sending
+    actual_cost: float | None = None  # this run's answers at the configured price
+    pending: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,39 +146,76 @@ class BatchLifecycle:
         self,
         node: Node,
         warehouse: Warehouse,
-        backend: BatchBackend,
+        backend: Callable[[], BatchBackend],
         ledger: Ledger,
         macro: MacroFn,
         run_id: str,
+        *,
+        defaults: dict[str, Any] | None = None,
+        prices: dict[str, Price] | None = None,
+        budget: RunBudget | None = None,
+        flags: RunFlags | None = None,
         progress: ProgressFn | None = None,
     ):
         self.node = node
         self.wh = warehouse
-        self.backend = backend
+        self._backend_factory = backend
         self.ledger = ledger
         self.macro = macro
         self.run_id = run_id
+        self.prices = prices or {}
+        self.budget = budget or RunBudget({})
+        self.flags = flags or RunFlags()
         self.progress = progress or (lambda *a: None)
-        self.settings = BatchSettings.from_config(node.config, node.path)
+        merged = {k: v for k, v in (defaults or {}).items() if k != "prices"}
+        merged.update(node.config)
+        self.settings = BatchSettings.from_config(merged, node.path)
         rels = batch_results_relations(node.relation)
         self.requests_rel = rels["requests"]
         self.responses_rel = rels["responses"]
+        self.todo_rel = self.requests_rel.with_identifier(f"{node.relation.identifier}__todo")
         self.report = BatchReport()
         self._errors: list[str] = []
+        self._open: list[_Shard] = []  # jobs still running at the end of a --no-wait run
+        self._landed_jobs: list[str] = []
+
+    @property
+    def backend(self) -> BatchBackend:
+        """Opened on first use: a rerun that sends nothing never needs the backend's client."""
+        return self._backend_factory()
 
     # -- stages ------------------------------------------------------------------------------
     def run(self) -> BatchReport:
-        """All stages in order. Raises ExecutionError after landing what it could if jobs failed."""
+        """All stages in order. Raises after landing what it could if jobs failed."""
         self.build()
         self.validate()
         self.ensure_responses_table()
-        self.collect_open_jobs()
-        todo = self.diff()
-        self.submit_and_wait(todo)
+        if self.flags.dry_run:
+            self._open = self._open_shards()  # count them as in flight without asking the backend
+        else:
+            self.collect_open_jobs()
+        plan = self.diff()
+        estimate = self.estimate(plan)
+        if self.flags.dry_run:
+            self.wh.drop(self.todo_rel)
+            return self.report
+        # Rows that come back with a retryable failure are resent in the same run, up to
+        # max_attempts rounds in all; every round passes the same limits first.
+        for _ in range(self.settings.max_attempts):
+            if not plan:
+                break
+            check_model_limits(self.node.name, estimate, self.settings.max_requests, self.settings.max_estimated_cost)
+            self.budget.reserve(self.node.name, estimate)
+            self.submit_and_wait(plan)
+            if self.flags.no_wait or self._errors or self.flags.retry_failed or self.flags.resubmit_all:
+                break
+            plan = self.diff(first=False)
+            estimate = self.estimate(plan)
+        self.wh.drop(self.todo_rel)
         self.build_results()
         self.summarise()
         if self._errors:
-            raise ExecutionError("; ".join(self._errors))
+            raise ExecutionError("; ".join(self._errors), self.node.path)
         return self.report
 
     def build(self) -> None:
@@ -151,25 +232,27 @@ class BatchLifecycle:
         if clash:
             problems.append(f"column(s) {', '.join(clash)} are reserved for batchflow's bookkeeping")
         if problems:
-            raise RequestValidationError("; ".join(problems), self.node.path)
+            raise RequestValidationError("; ".join(problems) + "; nothing was submitted", self.node.path)
         missing_key = [k for k in self.settings.key if k not in {c.name for c in columns}]
         if missing_key:
             raise ConfigError(f"key column(s) {', '.join(missing_key)} are not in the model's output", self.node.path)
         problem = self.wh.request_problem_sql("request")
-        key_sql = self._key_sql()
-        bad = self.wh.query_arrow(
-            f"SELECT {key_sql} AS row_key, problem FROM ("
-            f"SELECT *, {problem} AS problem FROM {self.requests_rel.render()}) WHERE problem IS NOT NULL "
-            f"ORDER BY row_key LIMIT {MAX_REPORTED_INVALID + 1}"
-        ).to_pylist()
-        self.report.rows_total = self._count(self.requests_rel.render())
-        if not bad:
+        checked = f"(SELECT *, {problem} AS problem FROM {self.requests_rel.render()})"
+        counts = self.wh.query_arrow(
+            f"SELECT COUNT(*) AS n, COUNTIF(problem IS NOT NULL) AS bad, COUNT(DISTINCT request_hash) AS d "
+            f"FROM {checked}"
+        ).to_pylist()[0]
+        self.report.rows_total = int(counts["n"])
+        self.report.rows_invalid = int(counts["bad"] or 0)
+        self.report.rows_duplicate = self.report.rows_total - int(counts["d"])
+        if not self.report.rows_invalid:
             return
-        self.report.rows_invalid = self._count(
-            f"(SELECT {problem} AS problem FROM {self.requests_rel.render()}) WHERE problem IS NOT NULL"
-        )
-        listed = "; ".join(f"{self._key_label()}={r['row_key']}: {r['problem']}" for r in bad[:MAX_REPORTED_INVALID])
-        more = self.report.rows_invalid - min(len(bad), MAX_REPORTED_INVALID)
+        bad = self.wh.query_arrow(
+            f"SELECT {self._key_sql()} AS row_key, problem FROM {checked} WHERE problem IS NOT NULL "
+            f"ORDER BY row_key LIMIT {MAX_REPORTED_INVALID}"
+        ).to_pylist()
+        listed = "; ".join(f"{self._key_label()}={r['row_key']}: {r['problem']}" for r in bad)
+        more = self.report.rows_invalid - len(bad)
         message = f"{self.report.rows_invalid} invalid request row(s): {listed}" + (f" (and {more} more)" if more > 0 else "")
         if self.settings.invalid_rows == "fail":
             raise RequestValidationError(message + "; nothing was submitted", self.node.path)
@@ -183,48 +266,112 @@ class BatchLifecycle:
             "job_name STRING, model_name STRING, attempt INT64, landed_at TIMESTAMP)"
         )
 
+    def _open_shards(self) -> list[_Shard]:
+        return [
+            _Shard(e.shard, e, _parse_relation(e.input_table), _parse_relation(e.output_table))
+            for e in self.ledger.entries(node=self.node.name, open_only=True)
+        ]
+
     def collect_open_jobs(self) -> None:
         """Stage 2a: jobs an earlier run submitted and did not land: adopt, wait for and land them."""
         shards: list[_Shard] = []
-        for entry in self.ledger.entries(node=self.node.name, open_only=True):
-            status = self._find_job(entry)
-            if status is None:
-                self.ledger.update(entry.job_key, state=LOST)
+        for shard in self._open_shards():
+            shard.status = self._find_job(shard.entry)
+            if shard.status is None:
+                self.ledger.update(shard.entry.job_key, state=LOST)
+                self.wh.drop(shard.input)
                 continue
-            shard = _Shard(entry.shard, entry, _parse_relation(entry.input_table), _parse_relation(entry.output_table), status)
             shards.append(shard)
         if shards:
             self._wait_and_land(shards, pending=[])
 
-    def diff(self) -> Relation:
-        """Stage 2b: the distinct requests that still need an answer, as a numbered table."""
-        todo = self.requests_rel.with_identifier(f"{self.node.relation.identifier}__todo")
-        where_valid = f"WHERE {self.wh.request_problem_sql('q.request')} IS NULL" if self.report.rows_invalid else ""
+    def diff(self, first: bool = True) -> list[tuple[str, int]]:
+        """Stage 2b: the requests that need an answer, each with the model to send it to.
+        Returns (model, rows) per model, numbered in `<model>__todo` for sharding."""
+        s = self.settings
+        valid = f"WHERE {self.wh.request_problem_sql('request')} IS NULL" if self.report.rows_invalid else ""
+        in_flight = " UNION ALL ".join(f"SELECT request_hash FROM {shard.input.render()}" for shard in self._open)
+        not_in_flight = f"WHERE c.request_hash NOT IN ({in_flight})" if in_flight else ""
+        primary = string_literal(s.model)
+        fallback = string_literal(s.fallback_model or s.model)
+        reasons = ", ".join(string_literal(r) for r in s.retry_on) or "NULL"
+        blocked = (f"({self.macro('finish_reason', 'a.response')} IN ({reasons}) "
+                   f"OR {self.macro('block_reason', 'a.response')} IN ({reasons}))")
+        transient = f"REGEXP_CONTAINS(a.status, r'{RETRYABLE_STATUS}')"
+        under_limit = "TRUE" if self.flags.retry_failed else f"a.attempt < {s.max_attempts}"
+        if self.flags.resubmit_all:
+            decide = primary
+        else:
+            decide = (
+                "CASE "
+                f"WHEN a.request_hash IS NULL THEN {'NULL' if self.flags.retry_failed else primary} "
+                f"WHEN COALESCE(a.status, '') != '' AND ({'TRUE' if self.flags.retry_failed else transient}) "
+                f"AND {under_limit} THEN {primary} "
+                f"WHEN COALESCE(a.status, '') = '' AND {blocked} AND {under_limit} THEN {fallback} "
+                "END"
+            )
         self.wh.create_table_as(
-            todo,
-            f"SELECT request_hash, request, ROW_NUMBER() OVER (ORDER BY request_hash) AS shard_row FROM ("
-            f"SELECT q.request_hash, ANY_VALUE(q.request) AS request FROM {self.requests_rel.render()} q "
-            f"LEFT JOIN {self.responses_rel.render()} a ON a.request_hash = q.request_hash "
-            f"{where_valid}{' AND' if where_valid else 'WHERE'} (a.request_hash IS NULL OR "
-            f"(a.status != '' AND REGEXP_CONTAINS(a.status, r'{RETRYABLE_STATUS}') "
-            f"AND a.attempt < {self.settings.max_attempts})) "
-            "GROUP BY q.request_hash)",
+            self.todo_rel,
+            "SELECT request_hash, request, send_model, previous_attempt, "
+            "ROW_NUMBER() OVER (PARTITION BY send_model ORDER BY request_hash) AS shard_row FROM ("
+            f"SELECT c.request_hash, c.request, {decide} AS send_model, COALESCE(a.attempt, 0) AS previous_attempt "
+            f"FROM (SELECT request_hash, ANY_VALUE(request) AS request FROM {self.requests_rel.render()} {valid} "
+            f"GROUP BY request_hash) c LEFT JOIN {self.responses_rel.render()} a ON a.request_hash = c.request_hash "
+            f"{not_in_flight}) WHERE send_model IS NOT NULL",
         )
-        to_send = self._count(todo.render())
-        self.report.rows_sent = to_send
-        distinct = self._count(f"(SELECT DISTINCT request_hash FROM {self.requests_rel.render()})")
-        self.report.rows_duplicate = self.report.rows_total - distinct
-        self.report.rows_reused = max(distinct - to_send - self.report.rows_invalid, 0)
-        return todo
+        rows = self.wh.query_arrow(
+            f"SELECT send_model, COUNT(*) AS n, COUNTIF(previous_attempt > 0) AS retried "
+            f"FROM {self.todo_rel.render()} GROUP BY send_model ORDER BY send_model"
+        ).to_pylist()
+        plan = [(r["send_model"], int(r["n"])) for r in rows]
+        if first:
+            self.report.rows_pending = sum(sh.entry.row_count for sh in self._open)
+            distinct = self.report.rows_total - self.report.rows_duplicate - self.report.rows_invalid
+            self.report.rows_reused = max(distinct - sum(n for _, n in plan) - self.report.rows_pending, 0)
+        self.report.rows_sent += sum(n for _, n in plan)
+        self.report.rows_retried += sum(int(r["retried"]) for r in rows)
+        return plan
 
-    def submit_and_wait(self, todo: Relation) -> None:
+    def estimate(self, plan: list[tuple[str, int]]) -> Estimate:
+        """Stage 2c: tokens and cost of what the diff would send."""
+        total = Estimate()
+        if not plan:
+            self.report.estimate = self.report.estimate or {"requests": 0, "input_tokens": 0, "output_tokens": 0,
+                                                            "cost": 0.0}
+            return total
+        max_out = ("COALESCE(SAFE_CAST(JSON_VALUE(request, '$.generationConfig.maxOutputTokens') AS INT64), "
+                   "SAFE_CAST(JSON_VALUE(request, '$.generation_config.max_output_tokens') AS INT64), "
+                   f"{self.settings.output_tokens})")
+        rows = self.wh.query_arrow(
+            f"SELECT send_model, COUNT(*) AS n, SUM(LENGTH(TO_JSON_STRING(request))) AS chars, "
+            f"SUM({max_out}) AS out_tokens FROM {self.todo_rel.render()} GROUP BY send_model"
+        ).to_pylist()
+        for r in rows:
+            input_tokens = int((r["chars"] or 0) / CHARS_PER_TOKEN)
+            output_tokens = int(r["out_tokens"] or 0)
+            price = price_for(self.prices, r["send_model"])
+            total.add(Estimate(int(r["n"]), input_tokens, output_tokens,
+                               price.cost(input_tokens, output_tokens) if price else None))
+        previous = self.report.estimate
+        if previous:  # a retry round: the report shows what all rounds were estimated at
+            total_report = Estimate(previous["requests"], previous["input_tokens"], previous["output_tokens"],
+                                    previous["cost"])
+            total_report.add(total)
+        else:
+            total_report = total
+        self.report.estimate = {"requests": total_report.requests, "input_tokens": total_report.input_tokens,
+                                "output_tokens": total_report.output_tokens,
+                                "cost": None if total_report.cost is None else round(total_report.cost, 6)}
+        return total
+
+    def submit_and_wait(self, plan: list[tuple[str, int]]) -> None:
         """Stages 3–6: shard, record, submit at most `max_concurrent_jobs` at once, wait, land."""
-        total = self.report.rows_sent
         size = self.settings.max_rows_per_job
-        pending = [self._plan_shard(todo, i, start, min(start + size, total + 1)) for i, start in
-                   enumerate(range(1, total + 1, size))]
-        self._wait_and_land([], pending)
-        self.wh.drop(todo)
+        pending: list[_Shard] = []
+        for model, rows in plan:
+            for start in range(1, rows + 1, size):
+                pending.append(self._plan_shard(model, len(pending), start, min(start + size, rows + 1)))
+        self._wait_and_land(list(self._open), pending)
 
     def build_results(self) -> None:
         """Stage 7a: the model's relation: each current request row with its latest answer."""
@@ -236,25 +383,45 @@ class BatchLifecycle:
         )
 
     def summarise(self) -> None:
-        """Stage 7b: row outcomes and tokens of the model's current rows."""
+        """Stage 7b: row outcomes of the model's current rows; tokens and cost of this run's answers."""
         outcome = self.macro("row_outcome", "response", "status")
-        tokens = self.macro("usage_tokens", "response", "totalTokenCount")
         rows = self.wh.query_arrow(
-            f"SELECT CASE WHEN job_name IS NULL THEN 'missing' ELSE {outcome} END AS outcome, "
-            f"COUNT(*) AS n, SUM({tokens}) AS tokens FROM {self.node.relation.render()} GROUP BY 1 ORDER BY 1"
+            f"SELECT CASE WHEN job_name IS NULL THEN 'missing' ELSE {outcome} END AS outcome, COUNT(*) AS n "
+            f"FROM {self.node.relation.render()} GROUP BY 1 ORDER BY 1"
         ).to_pylist()
         self.report.outcomes = {r["outcome"]: int(r["n"]) for r in rows}
-        self.report.total_tokens = int(sum(r["tokens"] or 0 for r in rows))
+        self.report.pending = bool(self._open)
+        self.report.rows_pending = sum(shard.entry.row_count for shard in self._open)
+        if not self._landed_jobs:
+            self.report.tokens = {"prompt": 0, "candidates": 0, "total": 0}
+            self.report.actual_cost = 0.0
+            return
+        jobs = ", ".join(string_literal(j) for j in self._landed_jobs)
+        usage = self.wh.query_arrow(
+            f"SELECT model_name, SUM({self.macro('usage_tokens', 'response', 'promptTokenCount')}) AS prompt, "
+            f"SUM({self.macro('usage_tokens', 'response', 'candidatesTokenCount')}) + "
+            f"COALESCE(SUM({self.macro('usage_tokens', 'response', 'thoughtsTokenCount')}), 0) AS candidates, "
+            f"SUM({self.macro('usage_tokens', 'response', 'totalTokenCount')}) AS total "
+            f"FROM {self.responses_rel.render()} WHERE job_name IN ({jobs}) GROUP BY model_name"
+        ).to_pylist()
+        self.report.tokens = {k: int(sum(u[k] or 0 for u in usage)) for k in ("prompt", "candidates", "total")}
+        cost: float | None = 0.0
+        for u in usage:
+            price = price_for(self.prices, u["model_name"])
+            cost = None if cost is None or price is None else cost + price.cost(int(u["prompt"] or 0),
+                                                                                 int(u["candidates"] or 0))
+        self.report.actual_cost = None if cost is None else round(cost, 6)
 
     # -- jobs --------------------------------------------------------------------------------
-    def _plan_shard(self, todo: Relation, index: int, start: int, stop: int) -> _Shard:
+    def _plan_shard(self, model: str, index: int, start: int, stop: int) -> _Shard:
         base = self.node.relation.identifier
         suffix = f"{self.run_id}_{index:04d}"
         shard_input = self.requests_rel.with_identifier(f"{base}__in_{suffix}")
         output = self.requests_rel.with_identifier(f"{base}__out_{suffix}")
         rows = self.wh.create_table_as(
             shard_input,
-            f"SELECT request_hash, request FROM {todo.render()} WHERE shard_row >= {start} AND shard_row < {stop}",
+            f"SELECT request_hash, request FROM {self.todo_rel.render()} "
+            f"WHERE send_model = {string_literal(model)} AND shard_row >= {start} AND shard_row < {stop}",
         )
         fingerprint = self.wh.query_arrow(
             f"SELECT TO_HEX(SHA256(STRING_AGG(request_hash, ',' ORDER BY request_hash))) AS f FROM {shard_input.render()}"
@@ -265,7 +432,7 @@ class BatchLifecycle:
             node=self.node.name,
             run_id=self.run_id,
             shard=index,
-            gemini_model=self.settings.model,
+            gemini_model=model,
             input_table=str(shard_input),
             output_table=str(output),
             fingerprint=fingerprint or "",
@@ -287,7 +454,7 @@ class BatchLifecycle:
         # run finds the job by its labels instead of creating a second, paid one.
         self.ledger.record(shard.entry)
         spec = JobSpec(
-            model=self.settings.model,
+            model=shard.entry.gemini_model,
             input=shard.input,
             output=shard.output,
             display_name=f"batchflow-{shard.entry.job_key}"[:128],
@@ -296,7 +463,9 @@ class BatchLifecycle:
         try:
             shard.status = self.backend.submit(spec)
         except BatchflowError as exc:
-            self.ledger.update(shard.entry.job_key, state="FAILED", error=str(exc))
+            # The backend already looked for a half-created job by its labels; leave the row
+            # SUBMITTING so the next run looks again before anything is resubmitted.
+            self.ledger.update(shard.entry.job_key, error=str(exc))
             raise
         shard.entry.job_name = shard.status.name
         self.ledger.update(shard.entry.job_key, job_name=shard.status.name, state=shard.status.state.value)
@@ -319,6 +488,7 @@ class BatchLifecycle:
         finished_rows = 0
         interval = self.settings.poll_interval or getattr(self.backend, "poll_interval", 5.0)
         delay = interval
+        self._open = []
         while active or pending:
             while pending and len(active) < self.settings.max_concurrent_jobs:
                 shard = pending.pop(0)
@@ -330,7 +500,8 @@ class BatchLifecycle:
                 status = self.backend.get(shard.entry.job_name)
                 if shard.status is None or status.state != shard.status.state:
                     changed = True
-                    self.ledger.update(shard.entry.job_key, state=status.state.value)
+                    self.ledger.update(shard.entry.job_key, state=status.state.value,
+                                       successful_count=status.successful, failed_count=status.failed)
                 shard.status = status
                 if status.state.terminal:
                     self._finish(shard)
@@ -343,6 +514,14 @@ class BatchLifecycle:
             failed = sum(s.status.failed for s in active if s.status)
             state = ",".join(sorted({s.status.state.value for s in active if s.status})) or "DONE"
             self.progress(state, done, failed, total)
+            if self.flags.no_wait:
+                # Leave running jobs to a later run, which adopts them from the ledger. Shards that
+                # did not fit under max_concurrent_jobs were never recorded: their rows are simply
+                # still unanswered, and a later run's diff sends them.
+                for shard in pending:
+                    self.wh.drop(shard.input)
+                self._open = list(active)
+                return
             if active:
                 delay = interval if changed else min(delay * 1.5, max(interval, 60.0))
                 time.sleep(delay)
@@ -350,29 +529,31 @@ class BatchLifecycle:
     def _finish(self, shard: _Shard) -> None:
         status = shard.status
         assert status is not None
-        job = {"name": status.name, "state": status.state.value, "rows": shard.entry.row_count,
-               "successful": status.successful, "failed": status.failed}
-        self.report.jobs.append(job)
+        self.report.jobs.append({"name": status.name, "state": status.state.value, "model": shard.entry.gemini_model,
+                                 "rows": shard.entry.row_count, "successful": status.successful,
+                                 "failed": status.failed})
         if status.state.has_output and self.wh.kind(shard.output) is not None:
             self._land(shard)
             self.ledger.update(shard.entry.job_key, state=LANDED, successful_count=status.successful,
                                failed_count=status.failed)
+            self._landed_jobs.append(status.name)
+            # Only after the merge committed: the raw output is the one copy until then.
             self.wh.drop(shard.output)
-            self.wh.drop(shard.input)
         else:
             self.ledger.update(shard.entry.job_key, state=status.state.value, error=status.error)
+        self.wh.drop(shard.input)
         if status.state != JobState.SUCCEEDED:
             self._errors.append(f"job {status.name} ended {status.state.value}" + (f": {status.error}" if status.error else ""))
 
     def _land(self, shard: _Shard) -> None:
         """Stage 6: merge a job's output into the responses store, keyed by request hash, atomically."""
         types = {c.name: c.type for c in self.wh.columns(shard.output)}
-        response = "response" if types.get("response") == "JSON" else "SAFE.PARSE_JSON(response)"
-        request = "request" if types.get("request") == "JSON" else "SAFE.PARSE_JSON(request)"
+        response = "o.response" if types.get("response") == "JSON" else "SAFE.PARSE_JSON(o.response)"
+        request = "o.request" if types.get("request") == "JSON" else "SAFE.PARSE_JSON(o.request)"
         job_name = string_literal(shard.status.name if shard.status else shard.entry.job_name)
         self.wh.merge_into(
             self.responses_rel,
-            f"SELECT o.request_hash, {_qualify(request, 'o')} AS request, {_qualify(response, 'o')} AS response, "
+            f"SELECT o.request_hash, {request} AS request, {response} AS response, "
             f"o.status, o.processed_time, {job_name} AS job_name, {string_literal(shard.entry.gemini_model)} AS model_name, "
             f"COALESCE(p.attempt, 0) + 1 AS attempt, CURRENT_TIMESTAMP() AS landed_at "
             f"FROM {shard.output.render()} o LEFT JOIN {self.responses_rel.render()} p ON p.request_hash = o.request_hash",
@@ -380,9 +561,6 @@ class BatchLifecycle:
         )
 
     # -- helpers -----------------------------------------------------------------------------
-    def _count(self, from_sql: str) -> int:
-        return int(self.wh.query_arrow(f"SELECT COUNT(*) AS n FROM {from_sql}").column("n")[0].as_py())
-
     def _key_sql(self) -> str:
         if not self.settings.key:
             return "ROW_NUMBER() OVER ()"
@@ -398,15 +576,6 @@ def _strip(sql: str) -> str:
     return sql.strip().rstrip(";").strip()
 
 
-def _qualify(expr: str, alias: str) -> str:
-    """Prefix the bare column in `expr` (request/response) with the table alias."""
-    for column in ("request", "response"):
-        if expr == column:
-            return f"{alias}.{column}"
-        expr = expr.replace(f"({column})", f"({alias}.{column})")
-    return expr
-
-
 def _label(value: str) -> str:
     """A Vertex label value: lowercase letters, digits, `_` and `-`, at most 63 characters."""
     cleaned = "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in value.lower())
@@ -420,4 +589,3 @@ def _parse_relation(text: str) -> Relation:
     if len(parts) == 3:
         return Relation(parts[0], parts[1], parts[2])
     return Relation(None, parts[0], parts[1])
-

@@ -18,7 +18,8 @@ from batchflow.batch.base import BatchBackend
 from batchflow.compiler import Compiler, Manifest, Node
 from batchflow.errors import BatchflowError
 from batchflow.ledger import Ledger
-from batchflow.lifecycle import BatchLifecycle
+from batchflow.cost import RunBudget, price_table
+from batchflow.lifecycle import BatchLifecycle, RunFlags
 from batchflow.warehouse.base import Warehouse
 
 
@@ -29,7 +30,7 @@ class NodeResult:
     name: str
     resource_type: str
     materialized: str
-    status: str  # "success" | "error" | "skipped"
+    status: str  # "success" | "error" | "skipped" | "pending" (batch jobs still running, --no-wait)
     relation: str = ""
     message: str = ""
     rows: int | None = None
@@ -74,6 +75,7 @@ class RunOptions:
     threads: int = 4
     full_refresh: bool = False
     load_source_samples: bool = False  # local target: sources are read from their sample CSVs
+    batch: RunFlags = field(default_factory=RunFlags)
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3])
 
 
@@ -102,6 +104,9 @@ class Runner:
         self.reporter = reporter
         self.options = options
         self._lock = threading.Lock()  # batch models on several threads share one backend and ledger
+        defaults = manifest.project.batch_defaults
+        self.prices = price_table(defaults)
+        self.budget = RunBudget(defaults)
 
     # -- scheduling ------------------------------------------------------------------------------
     def run(self, selected: set[str]) -> list[NodeResult]:
@@ -122,10 +127,10 @@ class Runner:
                     if any(d not in results for d in deps[name]):
                         continue
                     remaining.remove(name)
-                    failed = [d for d in deps[name] if results[d].status != "success"]
+                    failed = [d for d in deps[name] if results[d].status != "success" or self._dry_batch(d)]
                     node = self.manifest.nodes[name]
                     if failed:
-                        results[name] = self._skipped(node, failed)
+                        results[name] = self._skipped(node, failed, results)
                         self.reporter.node_finished(node, results[name], index[name], len(order))
                         continue
                     self.reporter.node_started(node, index[name], len(order))
@@ -139,14 +144,25 @@ class Runner:
                     self.reporter.node_finished(self.manifest.nodes[name], results[name], index[name], len(order))
         return [results[n] for n in order]
 
-    def _skipped(self, node: Node, failed: list[str]) -> NodeResult:
+    def _dry_batch(self, name: str) -> bool:
+        """In a dry run a batch model lands nothing new, so what reads it is not rebuilt."""
+        return self.options.batch.dry_run and self.manifest.nodes[name].materialized == "batch"
+
+    def _skipped(self, node: Node, failed: list[str], results: dict[str, NodeResult]) -> NodeResult:
+        reasons = {results[d].status for d in failed}
+        if reasons == {"pending"}:
+            why = f"upstream {', '.join(failed)} has batch jobs still running; a later run builds this"
+        elif self.options.batch.dry_run and all(self._dry_batch(d) or results[d].status == "skipped" for d in failed):
+            why = f"dry run: upstream {', '.join(failed)} submitted nothing"
+        else:
+            why = f"upstream {', '.join(failed)} did not succeed"
         return NodeResult(
             name=node.name,
             resource_type=node.resource_type,
             materialized=node.materialized,
             status="skipped",
             relation=str(node.relation),
-            message=f"skipped: upstream {', '.join(failed)} did not succeed",
+            message=f"skipped: {why}",
             path=node.path,
         )
 
@@ -209,10 +225,14 @@ class Runner:
             lifecycle = BatchLifecycle(
                 node,
                 self.wh,
-                self.backend,
+                lambda: self.backend,
                 self.ledger,
                 self.compiler.renderer.call_macro,
                 self.options.run_id,
+                defaults=self.manifest.project.batch_defaults,
+                prices=self.prices,
+                budget=self.budget,
+                flags=self.options.batch,
                 progress=lambda state, done, failed, total: self.reporter.batch_progress(
                     node, state, done, failed, total
                 ),
@@ -221,6 +241,9 @@ class Runner:
                 report = lifecycle.run()
             finally:
                 result.batch = lifecycle.report.as_dict()
+            if report.pending:
+                result.status = "pending"
+                result.message = f"{report.rows_pending:,} request(s) in batch jobs still running"
             return report.rows_total
         raise BatchflowError(f"unknown materialization {kind!r}", node.path)
 
