@@ -25,11 +25,13 @@ from batchflow.artifacts import summarize, write_compiled, write_manifest, write
 from batchflow.compiler import Compiler, Manifest, Node
 from batchflow.errors import BatchflowError, ConfigError
 from batchflow.project import Project, Target, load_profile, load_project
+from batchflow.ledger import LANDED, LOST, Ledger, LedgerEntry
 from batchflow.lifecycle import RunFlags
 from batchflow.runner import NodeResult, RunOptions, Runner
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="batchflow: dbt-style SQL projects for Gemini batch prediction (BigQuery in, BigQuery out).",
 )
@@ -335,6 +337,100 @@ def debug(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
             warehouse.close()
         backend = tgt.batch.get("backend", "local" if tgt.type == "duckdb" else "vertex")
         console.print(f"[green]OK[/] batch backend {backend!r} ({tgt.batch.get('provider', 'vertex')})")
+    except BatchflowError as exc:
+        _fail(exc, "text")
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Batch jobs recorded in the ledger (_batchflow_jobs).")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _ledger_session(project_dir: Path, profiles_dir: Path | None, target: str | None) -> tuple[Target, Any, Ledger]:
+    project = load_project(project_dir.resolve())
+    tgt = load_profile(project, profiles_dir, target)
+    warehouse = open_warehouse(tgt, project)
+    return tgt, warehouse, Ledger(warehouse)
+
+
+def _live(backend: Any, entry: LedgerEntry) -> dict[str, Any]:
+    """The ledger row, refreshed from the backend for jobs that are not finished."""
+    row = {k: v for k, v in entry.__dict__.items()}
+    if entry.job_name and entry.state not in (LANDED, LOST, "FAILED"):
+        try:
+            status = backend.get(entry.job_name)
+            row.update(state=status.state.value, successful_count=status.successful,
+                       failed_count=status.failed, error=status.error)
+        except BatchflowError as exc:
+            row["error"] = f"backend: {exc.message}"
+    return row
+
+
+def _find_entry(ledger: Ledger, job: str) -> LedgerEntry:
+    matches = [e for e in ledger.entries() if job in (e.job_key, e.job_name) or (e.job_name or "").endswith("/" + job)]
+    if not matches:
+        raise ConfigError(f"no job {job!r} in the ledger; see `batchflow jobs list --all`")
+    return matches[-1]
+
+
+@jobs_app.command("list")
+def jobs_list(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+              all_jobs: Annotated[bool, typer.Option("--all", help="Include landed, lost and failed jobs.")] = False,
+              model: Annotated[Optional[str], typer.Option("--model", help="Only this batch model.")] = None,
+              output: Annotated[str, typer.Option("--output", help="table or json.")] = "table") -> None:
+    """Jobs of the ledger with their live state and completion counts."""
+    try:
+        tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
+        try:
+            entries = ledger.entries(node=model, open_only=not all_jobs)
+            backend = open_backend(tgt, warehouse) if any(e.job_name for e in entries) else None
+            rows = [_live(backend, e) for e in entries]
+        finally:
+            warehouse.close()
+        if output == "json":
+            for row in rows:
+                print(json.dumps(row, default=str))
+            return
+        if not rows:
+            console.print("no jobs" + ("" if all_jobs else " still open (use --all for every job)"))
+        for r in rows:
+            console.print(f"{r['job_key']}  {r['state']:<20} {r['node']}  shard {r['shard']}  "
+                          f"{r['successful_count']:,}/{r['row_count']:,} ok, {r['failed_count']:,} failed  "
+                          f"[dim]{r['job_name'] or '(not created)'}[/]")
+    except BatchflowError as exc:
+        _fail(exc, "text")
+
+
+@jobs_app.command("show")
+def jobs_show(job: Annotated[str, typer.Argument(help="Job key or job name.")], project_dir: ProjectDir = Path("."),
+              profiles_dir: ProfilesDir = None, target: TargetOpt = None) -> None:
+    """Everything the ledger and the backend know about one job."""
+    try:
+        tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
+        try:
+            entry = _find_entry(ledger, job)
+            row = _live(open_backend(tgt, warehouse) if entry.job_name else None, entry)
+        finally:
+            warehouse.close()
+        print(json.dumps(row, indent=2, default=str))
+    except BatchflowError as exc:
+        _fail(exc, "text")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job: Annotated[str, typer.Argument(help="Job key or job name.")], project_dir: ProjectDir = Path("."),
+                profiles_dir: ProfilesDir = None, target: TargetOpt = None) -> None:
+    """Cancel a running job; the rows it finished are landed by the next run."""
+    try:
+        tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
+        try:
+            entry = _find_entry(ledger, job)
+            if not entry.job_name or entry.state in (LANDED, LOST, "FAILED", "SUCCEEDED", "CANCELLED", "EXPIRED"):
+                raise ConfigError(f"job {job!r} is {entry.state}; nothing to cancel")
+            open_backend(tgt, warehouse).cancel(entry.job_name)
+            ledger.update(entry.job_key, state="CANCELLING")
+        finally:
+            warehouse.close()
+        console.print(f"cancel requested for {entry.job_name}; the next run lands the rows it finished")
     except BatchflowError as exc:
         _fail(exc, "text")
 

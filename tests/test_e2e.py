@@ -148,3 +148,16 @@ def test_console_script_exit_codes(example_project: Path) -> None:
     assert bad.returncode == 2 and "nope" in (bad.stdout + bad.stderr)
     usage = subprocess.run([str(exe), "run", "--no-such-flag"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_jobs_commands_read_the_ledger(cli: CLI) -> None:
+    assert cli("build").exit_code == 0
+    assert "no jobs still open" in cli("jobs", "list").output
+    listed = cli("jobs", "list", "--all", "--output", "json")
+    rows = [json.loads(line) for line in listed.output.splitlines()]
+    assert len(rows) == 1 and rows[0]["state"] == "LANDED" and rows[0]["node"] == "review_requests"
+    shown = cli("jobs", "show", rows[0]["job_key"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["job_name"] == rows[0]["job_name"]
+    refused = cli("jobs", "cancel", rows[0]["job_key"])
+    assert refused.exit_code == 2 and "LANDED" in refused.output
+    assert cli("jobs", "show", "no-such-job").exit_code == 2
