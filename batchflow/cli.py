@@ -19,7 +19,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from batchflow import __version__
+from batchflow import __version__, testing
 from batchflow.adapters import open_backend, open_warehouse
 from batchflow.artifacts import summarize, write_compiled, write_manifest, write_run_results
 from batchflow.compiler import Compiler, Manifest, Node
@@ -193,7 +193,8 @@ def _batch_lines(b: dict[str, Any]) -> list[str]:
 
 def _execute(command: str, project_dir: Path, profiles_dir: Path | None, target: str | None,
              select: list[str] | None, exclude: list[str] | None, vars_text: str | None, threads: int | None,
-             full_refresh: bool, log_format: str, resource_types: tuple[str, ...], flags: RunFlags) -> None:
+             full_refresh: bool, log_format: str, resource_types: tuple[str, ...], flags: RunFlags,
+             with_tests: bool = False) -> None:
     started = time.perf_counter()
     session = _session(project_dir, profiles_dir, target, vars_text)
     write_compiled(session.manifest)
@@ -210,6 +211,9 @@ def _execute(command: str, project_dir: Path, profiles_dir: Path | None, target:
         runner = Runner(session.manifest, session.compiler, warehouse,
                         lambda: open_backend(session.target, warehouse), reporter, options)
         results = runner.run(selected)
+        if with_tests:  # dbt's habit: build = seeds + models + the tests of what was built
+            built = {r.name for r in results if r.status == "success"}
+            results += _run_tests(session, warehouse, built, log_format)
     finally:
         warehouse.close()
     elapsed = time.perf_counter() - started
@@ -225,6 +229,43 @@ def _execute(command: str, project_dir: Path, profiles_dir: Path | None, target:
                           "to send them again[/]")
     if any(r.status == "error" for r in results):
         raise typer.Exit(1)
+
+
+def _run_tests(session: Session, warehouse: Any, nodes: set[str], log_format: str) -> list[NodeResult]:
+    tests = testing.collect(session.manifest, nodes)
+    results = testing.run(tests, session.manifest, warehouse)
+    for result in results:
+        if log_format == "json":
+            print(json.dumps({"event": "test", "test": result.name, "status": result.status,
+                              "failures": result.rows, "message": result.message}))
+        else:
+            label = "[green]PASS[/]" if result.status == "success" else "[red]FAIL[/]"
+            console.print(f"{label} {result.name}" + (f"  [red]{result.message}[/]" if result.message else ""))
+    return results
+
+
+@app.command("test")
+def test_command(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
+                 select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
+                 log_format: LogFormatOpt = "text") -> None:
+    """Run the data tests (not_null, unique, accepted_values, relationships) of the selected nodes."""
+    try:
+        started = time.perf_counter()
+        session = _session(project_dir, profiles_dir, target, vars)
+        selected = _select(session, select, exclude, ("model", "seed", "source"))
+        warehouse = open_warehouse(session.target, session.project)
+        try:
+            results = _run_tests(session, warehouse, selected, log_format)
+        finally:
+            warehouse.close()
+        write_run_results(session.manifest, "test", results, time.perf_counter() - started, "test")
+        failed = sum(r.status != "success" for r in results)
+        if log_format != "json":
+            console.print(f"{len(results) - failed} passed, {failed} failed")
+        if failed:
+            raise typer.Exit(1)
+    except BatchflowError as exc:
+        _fail(exc, log_format)
 
 
 def _flags(dry_run: bool, no_wait: bool, retry_failed: bool, resubmit: bool, full_refresh: bool) -> RunFlags:
@@ -269,7 +310,8 @@ def build(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
     """Load seeds, then build the selected models, in dependency order."""
     try:
         _execute("build", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
-                 log_format, ("model", "seed"), _flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh))
+                 log_format, ("model", "seed"), _flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh),
+                 with_tests=not dry_run)
     except BatchflowError as exc:
         _fail(exc, log_format)
 

@@ -117,3 +117,37 @@ def test_macro_syntax_error_names_macro_file(tmp_path: Path) -> None:
     result = cli("compile")
     assert result.exit_code == 1
     assert "macros/bad.sql:2" in result.output
+
+
+def test_data_tests_pass_fail_and_report_counts(tmp_path: Path) -> None:
+    cli = make_project(
+        tmp_path,
+        {"dupes": "{{ config(materialized='table') }}select n, label from {{ ref('numbers') }} "
+                  "union all select 1, cast(null as string)",
+         "parent": "{{ config(materialized='table') }}select 1 as n"},
+        {"models/schema.yml": """
+version: 2
+models:
+  - name: dupes
+    columns:
+      - name: n
+        tests:
+          - unique
+          - relationships: {to: "ref('parent')", field: n}
+      - name: label
+        tests:
+          - not_null
+          - accepted_values: {values: [one, two, three]}
+"""},
+    )
+    result = cli("build")
+    assert result.exit_code == 1
+    tests = {r["name"]: (r["status"], r["rows"]) for r in cli.run_results()["results"] if r["resource_type"] == "test"}
+    assert tests == {
+        "unique_dupes_n": ("error", 1),  # n=1 twice
+        "relationships_dupes_n": ("error", 2),  # n=2 and n=3 have no parent row
+        "not_null_dupes_label": ("error", 1),
+        "accepted_values_dupes_label": ("success", 0),
+    }
+    result = cli("test", "-s", "parent")
+    assert result.exit_code == 0 and "0 passed, 0 failed" in result.output
