@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from batchflow.batch.base import BatchBackend, JobSpec, JobState, JobStatus
+from batchflow.batch.base import BatchBackend, JobNotFoundError, JobSpec, JobState, JobStatus
 from batchflow.compiler import Node, batch_results_relations
 from batchflow.cost import (
     CHARS_PER_TOKEN,
@@ -474,8 +474,8 @@ class BatchLifecycle:
         if entry.job_name:
             try:
                 return self.backend.get(entry.job_name)
-            except BatchflowError:
-                return None
+            except JobNotFoundError:
+                return None  # other errors propagate: an unreachable backend is not a lost job
         found = self.backend.list({"batchflow_job_key": _label(entry.job_key)})
         if found:
             self.ledger.update(entry.job_key, job_name=found[0].name, state=found[0].state.value)

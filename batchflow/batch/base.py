@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from batchflow.errors import ExecutionError
 from batchflow.relation import Relation
+
+
+class JobNotFoundError(ExecutionError):
+    """The backend does not know the job (deleted, another project, or an in-process job of a
+    process that ended). Only this error lets a rerun give a recorded job up as lost."""
 
 
 class JobState(str, Enum):

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from batchflow.batch.base import JobSpec, JobState, JobStatus
+from batchflow.batch.base import JobNotFoundError, JobSpec, JobState, JobStatus
 from batchflow.batch.providers.base import Provider, ProviderResult, error_status
 from batchflow.errors import ExecutionError
 from batchflow.warehouse.base import Warehouse
@@ -153,7 +153,7 @@ class LocalBackend:
         with self._lock:
             job = self._jobs.get(key)
         if job is None:
-            raise ExecutionError(f"unknown batch job {name!r} (the local backend only knows jobs of this process)")
+            raise JobNotFoundError(f"unknown batch job {name!r} (the local backend only knows jobs of this process)")
         return job
 
     def _set(self, job: _Job, **changes) -> None:
