@@ -20,11 +20,11 @@ def open_warehouse(target: Target, project: Project) -> Warehouse:
         if path != ":memory:" and not Path(path).is_absolute():
             path = str(project.root / path)
         return DuckDBWarehouse(path, schema=target.schema, memory_limit=target.settings.get("memory_limit"))
-    raise ConfigError(
-        f"target {target.name!r} has type {target.type!r}, which this version cannot run yet; "
-        "use a duckdb target",
-        target.profiles_file,
-    )
+    if target.type == "bigquery":
+        from batchflow.warehouse.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse.from_target(target)
+    raise ConfigError(f"target {target.name!r} has unknown type {target.type!r}", target.profiles_file)
 
 
 def open_backend(target: Target, warehouse: Warehouse) -> BatchBackend:
@@ -42,7 +42,41 @@ def open_backend(target: Target, warehouse: Warehouse) -> BatchBackend:
             concurrency=int(config.get("concurrency", 4)),
             chunk_size=int(config.get("chunk_size", 5_000)),
         )
+    if backend == "vertex":
+        return _vertex_backend(target, config)
     raise ConfigError(
-        f"batch backend {backend!r} of target {target.name!r} is not available; choose 'local'",
+        f"batch backend {backend!r} of target {target.name!r} is unknown; choose 'local' or 'vertex'",
         target.profiles_file,
+    )
+
+
+def _vertex_backend(target: Target, config: dict) -> BatchBackend:
+    """Vertex AI batch jobs in the target's project and region (the job must sit in the region of
+    its input and output datasets)."""
+    from batchflow.batch.vertex import VertexBackend
+
+    project = config.get("project") or target.database
+    location = config.get("location") or target.settings.get("location")
+    if not project or not location:
+        raise ConfigError(f"target {target.name!r}: the vertex backend needs a project and `location:`",
+                          target.profiles_file)
+    dataset_location = target.settings.get("location")
+    if dataset_location and str(dataset_location).lower() != str(location).lower():
+        raise ConfigError(
+            f"target {target.name!r}: batch location {location} differs from the dataset location "
+            f"{dataset_location}; Vertex batch jobs must run in the region of their BigQuery tables",
+            target.profiles_file,
+        )
+    credentials = None
+    if config.get("access_token"):  # a fixed bearer token: for emulators and short-lived tokens
+        from google.oauth2.credentials import Credentials
+
+        credentials = Credentials(token=str(config["access_token"]))
+    return VertexBackend(
+        str(project),
+        str(location),
+        credentials=credentials,
+        base_url=config.get("base_url"),
+        api_version=config.get("api_version"),
+        poll_interval=float(config.get("poll_interval", 30.0)),
     )

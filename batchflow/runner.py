@@ -113,6 +113,7 @@ class Runner:
         """Execute `selected` nodes (sources are prepared, not reported). Failed nodes skip their
         downstream; independent branches go on."""
         order = [n for n in self.manifest.graph.topological_order() if n in selected]
+        self.preflight(order)
         sources = [n for n in order if self.manifest.nodes[n].resource_type == "source"]
         order = [n for n in order if n not in sources]
         self._prepare_sources(sources, order)
@@ -143,6 +144,15 @@ class Runner:
                     results[name] = future.result()
                     self.reporter.node_finished(self.manifest.nodes[name], results[name], index[name], len(order))
         return [results[n] for n in order]
+
+    def preflight(self, order: list[str]) -> None:
+        """Checks that must pass before anything runs: batch models need a warehouse and a backend
+        in one region, so a wrong location fails the run up front, not after an hour of SQL."""
+        if not any(self.manifest.nodes[n].materialized == "batch" for n in order):
+            return
+        self.wh.check_batch_location()
+        if not self.options.batch.dry_run:
+            _ = self.backend  # opening it validates its project and location
 
     def _dry_batch(self, name: str) -> bool:
         """In a dry run a batch model lands nothing new, so what reads it is not rebuilt."""

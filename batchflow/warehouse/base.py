@@ -90,5 +90,9 @@ class Warehouse(Protocol):
         """A SQL expression (BigQuery syntax) giving why the request in `request_sql` is invalid
         (see `batchflow.requests.request_problem`), or NULL when it is valid."""
 
+    def check_batch_location(self) -> None:
+        """Raise ConfigError when batch jobs cannot read and write this warehouse's tables
+        (BigQuery: multi-region or global datasets). A no-op where location has no meaning."""
+
     def close(self) -> None:
         """Release connections."""

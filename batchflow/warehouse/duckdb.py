@@ -305,6 +305,9 @@ class DuckDBWarehouse:
     def request_problem_sql(self, request_sql: str) -> str:
         return f"bf_request_problem(CAST({request_sql} AS STRING))"
 
+    def check_batch_location(self) -> None:
+        """The local target has no regions."""
+
     def close(self) -> None:
         if self._closed:
             return

@@ -1,0 +1,180 @@
+"""The production path end to end: the example project on a `bigquery` target with the `vertex`
+backend, google-cloud-bigquery and google-genai unmocked, against the BigQuery emulator and the
+Vertex batch emulator on 127.0.0.1 (the Vertex emulator reads and writes the BigQuery emulator)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from batchflow.batch.providers.mock import MockProvider
+from batchflow.warehouse.bigquery import BigQueryWarehouse
+from tests.conftest import CLI
+from tests.emulators.bigquery import BigQueryEmulator, bigquery_emulator, bq_dataset  # noqa: F401
+from tests.emulators.vertex import VertexEmulator
+
+pytestmark = [pytest.mark.emulator, pytest.mark.e2e]
+
+STAGED_REVIEWS = 59
+LABEL_COLUMNS = "review_id, sentiment, summary, outcome, finish_reason, total_tokens, model_version"
+
+
+@dataclass
+class Prod:
+    cli: CLI
+    wh: BigQueryWarehouse
+    vertex: VertexEmulator
+    dataset: str
+
+    def query(self, sql: str) -> list[tuple]:
+        return [tuple(r.values()) for r in self.wh.query_arrow(sql).to_pylist()]
+
+    def table(self, name: str) -> str:
+        return f"`{self.wh.project}`.`{self.dataset}`.`{name}`"
+
+
+def add_target(project: Path, name: str, bq: BigQueryEmulator, dataset: str, vertex_url: str,
+               location: str = "us-central1", batch_location: str | None = None) -> None:
+    """Append a target to the project's profiles.yml (its last block is `outputs:`)."""
+    with (project / "profiles.yml").open("a") as f:
+        f.write(f"""
+    {name}:
+      type: bigquery
+      project: {bq.project}
+      dataset: {dataset}
+      location: {location}
+      api_endpoint: {bq.endpoint}
+      threads: 4
+      batch:
+        backend: vertex
+        location: {batch_location or location}
+        base_url: {vertex_url}
+        access_token: test-token
+        poll_interval: 0.2
+""")
+
+
+@pytest.fixture
+def prod(example_project: Path, bigquery_emulator: BigQueryEmulator, bq_dataset: str) -> Iterator[Prod]:  # noqa: F811
+    wh = BigQueryWarehouse(bigquery_emulator.project, bq_dataset, "us-central1",
+                           api_endpoint=bigquery_emulator.endpoint)
+    # The source table the example reads, loaded from its sample as the shop's export job would.
+    wh.ensure_schema("shop_raw")
+    wh.load_csv(wh.relation("reviews", "shop_raw"), example_project / "data" / "reviews.csv")
+    # Answer like the local target's profile does: the review asking for lyrics gets RECITATION.
+    provider = MockProvider({"failures": [{"when_prompt_contains": "lyrics", "outcome": "recitation"}]})
+    vertex = VertexEmulator(wh, provider=provider, pending_seconds=0.2, running_seconds=0.5).start()
+    add_target(example_project, "emu", bigquery_emulator, bq_dataset, vertex.url)
+    try:
+        yield Prod(CLI(example_project), wh, vertex, bq_dataset)
+    finally:
+        vertex.stop()
+        wh.close()
+
+
+def test_example_pipeline_matches_the_local_target(prod: Prod) -> None:
+    result = prod.cli("build", "--target", "emu")
+    assert result.exit_code == 0, result.output
+    assert {r["status"] for r in prod.cli.run_results()["results"]} == {"success"}
+    assert len(prod.vertex.jobs) == 1
+    job = next(iter(prod.vertex.jobs.values()))
+    assert job.state == "JOB_STATE_SUCCEEDED"
+    on_bigquery = sorted(prod.query(f"SELECT {LABEL_COLUMNS} FROM {prod.table('review_labels')}"))
+    assert len(on_bigquery) == STAGED_REVIEWS
+    assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}") == [("LANDED",)]
+
+    # The same project on the local target (DuckDB + local executor) gives the same flattened rows.
+    assert prod.cli("build").exit_code == 0
+    on_duckdb = sorted(prod.cli.query(f"SELECT {LABEL_COLUMNS} FROM reviews.review_labels"))
+    assert on_bigquery == on_duckdb
+    for table in ("daily_sentiment", "review_topics", "review_safety_ratings"):
+        bq_count = prod.query(f"SELECT COUNT(*) FROM {prod.table(table)}")[0][0]
+        assert bq_count == prod.cli.query(f"SELECT COUNT(*) FROM reviews.{table}")[0][0], table
+
+    # An unchanged rerun creates no job.
+    assert prod.cli("run", "--target", "emu").exit_code == 0
+    assert len(prod.vertex.jobs) == 1
+
+
+def test_no_wait_submits_and_a_later_run_lands(prod: Prod) -> None:
+    prod.vertex.running_seconds = 3.0
+    result = prod.cli("build", "--target", "emu", "--no-wait")
+    assert result.exit_code == 0, result.output
+    statuses = {r["name"]: r["status"] for r in prod.cli.run_results()["results"]}
+    assert statuses["review_requests"] == "pending"
+    assert statuses["review_labels"] == "skipped" and statuses["stg_reviews"] == "success"
+    assert len(prod.vertex.jobs) == 1
+    assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}")[0][0] in ("PENDING", "QUEUED", "RUNNING")
+
+    assert prod.cli("build", "--target", "emu").exit_code == 0
+    assert len(prod.vertex.jobs) == 1  # adopted from the ledger, not resubmitted
+    assert prod.query(f"SELECT COUNT(*) FROM {prod.table('review_labels')} WHERE outcome IS NOT NULL")[0][0] == STAGED_REVIEWS
+
+
+def test_kill_while_waiting_then_rerun_creates_one_job(prod: Prod) -> None:
+    prod.vertex.running_seconds = 6.0
+    exe = Path(sys.executable).with_name("batchflow")
+    proc = subprocess.Popen([str(exe), "build", "--target", "emu", "--project-dir", str(prod.cli.project)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 180
+        while not prod.vertex.jobs and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert prod.vertex.jobs, "the runner never created a job"
+        time.sleep(1.0)  # the runner is now polling the job
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = prod.cli("build", "--target", "emu")
+    assert result.exit_code == 0, result.output
+    assert prod.vertex.count("create") == 1 and len(prod.vertex.jobs) == 1
+    rows = prod.query(f"SELECT COUNT(*), COUNTIF(job_name IS NULL) FROM {prod.table('review_requests')}")
+    assert rows == [(STAGED_REVIEWS, 0)]
+    assert prod.query(f"SELECT COUNT(*) FROM {prod.table('review_labels')}")[0][0] == STAGED_REVIEWS
+
+
+def test_transient_api_errors_on_create_and_get(prod: Prod) -> None:
+    prod.vertex.faults.create = [429, 503]
+    prod.vertex.faults.get = [503, 429]
+    result = prod.cli("build", "--target", "emu")
+    assert result.exit_code == 0, result.output
+    assert len(prod.vertex.jobs) == 1
+    assert prod.query(f"SELECT COUNT(*) FROM {prod.table('review_labels')}")[0][0] == STAGED_REVIEWS
+
+
+def test_failed_job_fails_the_model_and_keeps_nothing_half_done(prod: Prod) -> None:
+    prod.vertex.next_job_outcome = "FAILED"
+    result = prod.cli("build", "--target", "emu")
+    assert result.exit_code == 1
+    assert "FAILED" in result.output
+    assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}") == [("FAILED",)]
+    # The next run sends the rows again and completes.
+    assert prod.cli("build", "--target", "emu").exit_code == 0
+    assert len(prod.vertex.jobs) == 2
+
+
+@pytest.mark.parametrize("location, batch_location, expected", [
+    ("US", None, "multi-region"),
+    ("EU", None, "multi-region"),
+    ("us-central1", "global", "global"),
+])
+def test_bad_locations_fail_before_anything_runs(prod: Prod, bigquery_emulator: BigQueryEmulator,  # noqa: F811
+                                                 location: str, batch_location: str | None, expected: str) -> None:
+    add_target(prod.cli.project, "bad", bigquery_emulator, prod.dataset + "_bad", prod.vertex.url,
+               location=location, batch_location=batch_location)
+    result = prod.cli("build", "--target", "bad")
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert prod.vertex.jobs == {}
+    assert not (prod.cli.project / "target" / "run_results.json").exists()
