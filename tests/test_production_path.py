@@ -178,3 +178,30 @@ def test_bad_locations_fail_before_anything_runs(prod: Prod, bigquery_emulator: 
     assert expected in result.output
     assert prod.vertex.jobs == {}
     assert not (prod.cli.project / "target" / "run_results.json").exists()
+
+
+def test_crash_between_create_and_ledger_update_adopts_the_job_by_label(prod: Prod,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchflow.ledger import Ledger
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: nothing in batchflow catches it."""
+
+    record_job_name = Ledger.update
+
+    def die_after_create(self: Ledger, job_key: str, **fields: object) -> None:
+        if "job_name" in fields:  # the job exists at Vertex; the ledger row still says SUBMITTING
+            raise Killed("killed right after create")
+        record_job_name(self, job_key, **fields)
+
+    monkeypatch.setattr(Ledger, "update", die_after_create)
+    with pytest.raises(Killed):
+        prod.cli("build", "--target", "emu")
+    monkeypatch.setattr(Ledger, "update", record_job_name)
+    assert len(prod.vertex.jobs) == 1
+    assert prod.query(f"SELECT state, job_name FROM {prod.table('_batchflow_jobs')}") == [("SUBMITTING", None)]
+
+    assert prod.cli("build", "--target", "emu").exit_code == 0
+    assert prod.vertex.count("create") == 1 and len(prod.vertex.jobs) == 1
+    assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}") == [("LANDED",)]
+    assert prod.query(f"SELECT COUNT(*) FROM {prod.table('review_labels')}")[0][0] == STAGED_REVIEWS
