@@ -27,7 +27,7 @@ from batchflow.errors import BatchflowError, ConfigError
 from batchflow.project import Project, Target, load_profile, load_project
 from batchflow.ledger import LANDED, LOST, Ledger, LedgerEntry
 from batchflow.lifecycle import RunFlags
-from batchflow.runner import NodeResult, RunOptions, Runner
+from batchflow.runner import NodeResult, RunOptions, Runner, SilentReporter
 
 app = typer.Typer(
     add_completion=False,
@@ -316,10 +316,40 @@ def build(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
         _fail(exc, log_format)
 
 
+def _validate(session: Session, order: list[str]) -> bool:
+    """Dry-run each model in the warehouse (models not built yet are inlined); True when all pass."""
+    from batchflow.compiler import NeedsBatchResults, inline_unbuilt
+
+    manifest, ok = session.manifest, True
+    warehouse = open_warehouse(session.target, session.project)
+    try:
+        if session.target.type == "duckdb":  # sources stand in as their samples, as in a run
+            Runner(manifest, session.compiler, warehouse, lambda: None, SilentReporter(),  # type: ignore[arg-type,return-value]
+                   RunOptions(load_source_samples=True))._prepare_sources([], order)
+        for name in order:
+            node = manifest.nodes[name]
+            if node.materialized == "ephemeral":
+                continue
+            try:
+                sql = inline_unbuilt(manifest, name, lambda n: warehouse.kind(n.relation) is not None)
+                size, _ = warehouse.dry_run(sql)
+                console.print(f"[green]valid[/] {name}" + ("" if size is None else f"  [dim]{size:,} bytes[/]"))
+            except NeedsBatchResults as exc:
+                console.print(f"[yellow]skipped[/] {name}: {exc.message}")
+            except BatchflowError as exc:
+                ok = False
+                console.print(f"[red]invalid[/] {name}  {node.path}: {exc.message}")
+    finally:
+        warehouse.close()
+    return ok
+
+
 @app.command()
 def compile(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
             select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-            log_format: LogFormatOpt = "text") -> None:
+            log_format: LogFormatOpt = "text",
+            validate: Annotated[bool, typer.Option("--validate", help="Also dry-run each model in the warehouse.")]
+            = False) -> None:
     """Render and parse every model; write target/compiled/ and target/manifest.json. Runs nothing."""
     try:
         session = _session(project_dir, profiles_dir, target, vars)
@@ -327,6 +357,8 @@ def compile(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = Non
         write_manifest(session.manifest, "compile")
         selected = _select(session, select, exclude, ("model",))
         order = [n for n in session.manifest.graph.topological_order() if n in selected]
+        if validate and not _validate(session, order):
+            raise typer.Exit(1)
         if log_format == "json":
             print(json.dumps({"event": "compiled", "nodes": order}))
         else:

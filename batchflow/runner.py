@@ -6,6 +6,7 @@ concrete adapter it gets is decided by `batchflow.adapters`.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import traceback
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from batchflow.batch.base import BatchBackend
-from batchflow.compiler import Compiler, Manifest, Node
+from batchflow.compiler import Compiler, Manifest, Node, inline_unbuilt
 from batchflow.errors import BatchflowError
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
@@ -38,6 +39,7 @@ class NodeResult:
     started_at: str = ""
     completed_at: str = ""
     batch: dict[str, Any] | None = None
+    bytes_processed: int | None = None  # dry runs on BigQuery
     path: str = ""
     line: int | None = None
 
@@ -224,6 +226,16 @@ class Runner:
         sql = node.compiled_sql.strip().rstrip(";")
         if kind == "ephemeral":
             return None
+        if self.options.batch.dry_run:
+            # Nothing is built: models not built yet are inlined so the SQL can still be checked,
+            # and a batch model counts its requests from the inlined SELECT.
+            sql = inline_unbuilt(self.manifest, node.name, lambda n: self.wh.kind(n.relation) is not None)
+            if kind != "batch":
+                result.bytes_processed, columns = self.wh.dry_run(sql)
+                size = "" if result.bytes_processed is None else f", {result.bytes_processed:,} bytes"
+                result.message = f"dry run: valid, {len(columns)} columns{size}"
+                return None
+            node = dataclasses.replace(node, compiled_sql=sql)
         if kind == "view":
             self.wh.create_view_as(node.relation, sql)
             return None

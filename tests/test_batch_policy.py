@@ -153,6 +153,9 @@ def test_dry_run_counts_and_estimates_and_submits_nothing(cli: CLI) -> None:
     assert cli.query("select count(*) from reviews.review_requests__responses") == [(0,)]
     statuses = {r["name"]: (r["status"], r["message"]) for r in cli.run_results()["results"]}
     assert statuses["review_labels"][0] == "skipped" and "dry run" in statuses["review_labels"][1]
+    # Upstream SQL models are validated and inlined, not built.
+    assert statuses["stg_reviews"] == ("success", "dry run: valid, 7 columns")
+    assert cli.query("select count(*) from information_schema.tables where table_name = 'stg_reviews'") == [(0,)]
 
 
 def test_actual_cost_uses_the_answers_usage(cli: CLI) -> None:
@@ -184,3 +187,21 @@ def test_one_percent_changed_rows_sends_exactly_those(cli: CLI) -> None:
     data.write_text("\n".join(lines) + "\n")
     assert cli("run").exit_code == 0
     assert batch_report(cli)["rows_sent"] == 2
+
+
+def test_compile_validate_checks_models_against_the_warehouse(cli: CLI) -> None:
+    path = cli.project / "models" / "staging" / "stg_reviews.sql"
+    path.write_text(path.read_text().replace("r.product_id,", "r.product_id, r.no_such_column,"))
+    assert cli("build", "-s", "products").exit_code == 0
+    result = cli("compile", "--validate")
+    assert result.exit_code == 1
+    assert "models/staging/stg_reviews.sql" in result.output and "no_such_column" in result.output
+    assert cli.query("select count(*) from information_schema.tables where table_name = 'stg_reviews'") == [(0,)]
+
+
+def test_compile_validate_passes_on_a_fresh_project(cli: CLI) -> None:
+    assert cli("build", "-s", "products").exit_code == 0  # seeds are data, loaded by build
+    result = cli("compile", "--validate")
+    assert result.exit_code == 0, result.output
+    assert "valid stg_reviews" in result.output
+    assert "skipped review_labels: needs the answers of batch model 'review_requests'" in result.output

@@ -205,3 +205,17 @@ def test_crash_between_create_and_ledger_update_adopts_the_job_by_label(prod: Pr
     assert prod.vertex.count("create") == 1 and len(prod.vertex.jobs) == 1
     assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}") == [("LANDED",)]
     assert prod.query(f"SELECT COUNT(*) FROM {prod.table('review_labels')}")[0][0] == STAGED_REVIEWS
+
+
+def test_dry_run_and_validate_on_bigquery_submit_nothing(prod: Prod) -> None:
+    result = prod.cli("build", "--target", "emu", "--dry-run")
+    assert result.exit_code == 0, result.output
+    results = {r["name"]: r for r in prod.cli.run_results()["results"]}
+    assert isinstance(results["stg_reviews"]["bytes_processed"], int)  # BigQuery's dry-run figure
+    assert results["review_requests"]["batch"]["estimate"]["requests"] == 52
+    assert prod.vertex.jobs == {}
+    assert prod.wh.kind(prod.wh.relation("stg_reviews")) is None  # validated, not built
+
+    result = prod.cli("compile", "--validate", "--target", "emu")
+    assert result.exit_code == 0, result.output
+    assert "valid stg_reviews" in result.output and "bytes" in result.output

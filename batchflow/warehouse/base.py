@@ -90,6 +90,10 @@ class Warehouse(Protocol):
         """A SQL expression (BigQuery syntax) giving why the request in `request_sql` is invalid
         (see `batchflow.requests.request_problem`), or NULL when it is valid."""
 
+    def dry_run(self, sql: str) -> tuple[int | None, list[Column]]:
+        """Validate a query without running it: bytes it would process (None when the engine
+        cannot tell) and its output columns. Raises ExecutionError with the engine's message."""
+
     def check_batch_location(self) -> None:
         """Raise ConfigError when batch jobs cannot read and write this warehouse's tables
         (BigQuery: multi-region or global datasets). A no-op where location has no meaning."""

@@ -305,6 +305,11 @@ class DuckDBWarehouse:
     def request_problem_sql(self, request_sql: str) -> str:
         return f"bf_request_problem(CAST({request_sql} AS STRING))"
 
+    def dry_run(self, sql: str) -> tuple[int | None, list[Column]]:
+        """Bind the query without running it (DESCRIBE); DuckDB does not report bytes."""
+        rows = self._run(f"DESCRIBE {to_duckdb(sql)}")
+        return None, [Column(name, bigquery_type(dtype)) for name, dtype, *_ in rows]
+
     def check_batch_location(self) -> None:
         """The local target has no regions."""
 
