@@ -4,6 +4,7 @@ Vertex batch emulator on 127.0.0.1 (the Vertex emulator reads and writes the Big
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -113,6 +114,13 @@ def test_no_wait_submits_and_a_later_run_lands(prod: Prod) -> None:
     assert statuses["review_labels"] == "skipped" and statuses["stg_reviews"] == "success"
     assert len(prod.vertex.jobs) == 1
     assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}")[0][0] in ("PENDING", "QUEUED", "RUNNING")
+    listed = prod.cli("jobs", "list", "--target", "emu", "--output", "json")
+    job = json.loads(listed.output.splitlines()[0])
+    assert job["state"] in ("PENDING", "QUEUED", "RUNNING")
+    assert job["job_name"].rsplit("/", 1)[-1] in prod.vertex.jobs
+    gets_before = prod.vertex.count("get")
+    prod.cli("jobs", "list", "--target", "emu")
+    assert prod.vertex.count("get") > gets_before  # the state shown is the backend's, live
 
     assert prod.cli("build", "--target", "emu").exit_code == 0
     assert len(prod.vertex.jobs) == 1  # adopted from the ledger, not resubmitted
