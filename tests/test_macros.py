@@ -287,3 +287,29 @@ def test_json_literal_round_trips(conn):
     sqlglot.parse_one(sql, read="bigquery")
     (text,) = conn.execute(to_duckdb(sql)).fetchall()[0]
     assert json.loads(text) == value
+
+
+# --- DuckDB fast paths ----------------------------------------------------------------------------
+# On the local target, response_text / safety_ratings / citations compile to list-lambda macros
+# instead of BigQuery's correlated UNNEST subqueries. They must agree on every golden row.
+
+
+def flatten_duckdb_flavour(conn, rows, response_type: str) -> list[dict]:
+    load_rows(conn, rows, response_type)
+    sql = jinja2.Environment().from_string(MACRO_SOURCE + "\n" + FLATTEN).render(target={"type": "duckdb"})
+    assert "bf_response_text(" in sql and "bf_safety_ratings(" in sql and "bf_citations(" in sql
+    result = conn.sql(to_duckdb(sqlglot.parse_one(sql, read="bigquery")))
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row)) for row in result.fetchall()]
+
+
+@pytest.mark.parametrize("response_type", ["JSON", "VARCHAR"])
+def test_duckdb_fast_paths_match_the_bigquery_forms(conn, response_type):
+    cases = [json.loads(p.read_text()) for p in RESPONSE_CASES]
+    rows = [(r["response"], r["status"]) for r in SEED_ROWS] + [(c["response"], c["status"]) for c in cases]
+    generic = flatten(conn, rows, response_type)
+    fast = flatten_duckdb_flavour(conn, rows, response_type)
+    assert len(fast) == len(rows) == len(generic)
+    for slow_row, fast_row in zip(generic, fast):
+        assert same(fast_row, slow_row), (slow_row["id"], fast_row, slow_row)
+    assert any(r["text"] for r in fast) and any(r["citations"] for r in fast) and any(r["safety_ratings"] for r in fast)

@@ -15,9 +15,13 @@ COALESCE({{ fn }}({{ response }}, '$.candidates[0]{{ path }}'), {{ fn }}({{ resp
 {# response_text(response) -> STRING: the text parts of candidate 0 concatenated in order, skipping
    parts marked "thought": true (thinking models); NULL when there is no text. #}
 {% macro response_text(response) -%}
+{%- if target is defined and target.type == 'duckdb' -%}
+bf_response_text({{ response }})
+{%- else -%}
 (SELECT NULLIF(STRING_AGG(JSON_VALUE(bf_part, '$.text'), '' ORDER BY bf_part_offset), '')
  FROM UNNEST({{ bf_candidate_path(response, 'JSON_QUERY_ARRAY', '.content.parts') }}) AS bf_part WITH OFFSET AS bf_part_offset
  WHERE COALESCE(JSON_VALUE(bf_part, '$.thought'), 'false') != 'true')
+{%- endif %}
 {%- endmacro %}
 
 {# finish_reason(response) -> STRING: candidate 0's finishReason (STOP, MAX_TOKENS, SAFETY, RECITATION, ...). #}
@@ -108,6 +112,9 @@ SAFE_CAST(JSON_VALUE({{ response }}, {{ sql_string('$.usageMetadata.' ~ field) }
    candidate 0's safetyRatings in order (empty when absent); `blocked` is false unless set.
    Use as `FROM t, UNNEST({{ safety_ratings('response') }}) AS r`. #}
 {% macro safety_ratings(response) -%}
+{%- if target is defined and target.type == 'duckdb' -%}
+bf_safety_ratings({{ response }})
+{%- else -%}
 ARRAY(
     SELECT AS STRUCT
         JSON_VALUE(bf_rating, '$.category') AS category,
@@ -118,12 +125,16 @@ ARRAY(
         COALESCE(SAFE_CAST(JSON_VALUE(bf_rating, '$.blocked') AS BOOL), FALSE) AS blocked
     FROM UNNEST({{ bf_candidate_path(response, 'JSON_QUERY_ARRAY', '.safetyRatings') }}) AS bf_rating WITH OFFSET AS bf_rating_offset
     ORDER BY bf_rating_offset)
+{%- endif %}
 {%- endmacro %}
 
 {# citations(response) -> ARRAY<STRUCT<start_index INT64, end_index INT64, uri STRING, title STRING,
    license STRING>>: candidate 0's citationMetadata.citations (Vertex) or .citationSources (Gemini
    API) in order; empty when absent. start_index defaults to 0 (proto3 JSON omits zeros). #}
 {% macro citations(response) -%}
+{%- if target is defined and target.type == 'duckdb' -%}
+bf_citations({{ response }})
+{%- else -%}
 ARRAY(
     SELECT AS STRUCT
         COALESCE(SAFE_CAST(JSON_VALUE(bf_citation, '$.startIndex') AS INT64), 0) AS start_index,
@@ -135,6 +146,7 @@ ARRAY(
         {{ bf_candidate_path(response, 'JSON_QUERY_ARRAY', '.citationMetadata.citations') }},
         {{ bf_candidate_path(response, 'JSON_QUERY_ARRAY', '.citationMetadata.citationSources') }})) AS bf_citation WITH OFFSET AS bf_citation_offset
     ORDER BY bf_citation_offset)
+{%- endif %}
 {%- endmacro %}
 
 {# bf_answer_json(response): the answer text parsed as JSON (JSON-mode answers), tolerating a

@@ -43,6 +43,23 @@ _MACROS: tuple[str, ...] = (
     "bf__scalar_list(a) AS CASE WHEN NOT list_has_any(list_transform(a, lambda e: json_type(e)),"
     " ['OBJECT', 'ARRAY']) THEN list_transform(a, lambda e: e ->> '$') END",
     "bf_json_value_array(x, p) AS bf__scalar_list(bf_json_query_array(x, p))",
+    # response_text on DuckDB: list lambdas instead of BigQuery's correlated UNNEST subquery
+    # (same result, ~10x faster; the subquery form is what BigQuery runs).
+    "bf__response_text(ps) AS nullif(array_to_string(list_transform(list_filter(ps,"
+    " lambda p: coalesce(p ->> '$.thought', 'false') <> 'true'), lambda p: p ->> '$.text'), ''), '')",
+    "bf_response_text(r) AS bf__response_text(coalesce(bf_json_query_array(r, '$.candidates[0].content.parts'),"
+    " bf_json_query_array(r, '$[0].content.parts')))",
+    "bf_safety_ratings(r) AS coalesce(list_transform(coalesce(bf_json_query_array(r, '$.candidates[0].safetyRatings'),"
+    " bf_json_query_array(r, '$[0].safetyRatings')), lambda x: {'category': x ->> '$.category',"
+    " 'probability': x ->> '$.probability', 'probability_score': TRY_CAST(x ->> '$.probabilityScore' AS DOUBLE),"
+    " 'severity': x ->> '$.severity', 'severity_score': TRY_CAST(x ->> '$.severityScore' AS DOUBLE),"
+    " 'blocked': coalesce(bf_safe_cast_bool(x ->> '$.blocked'), false)}), [])",
+    "bf__citation_list(r, p) AS coalesce(bf_json_query_array(r, '$.candidates[0].citationMetadata.' || p),"
+    " bf_json_query_array(r, '$[0].citationMetadata.' || p))",
+    "bf_citations(r) AS coalesce(list_transform(coalesce(bf__citation_list(r, 'citations'),"
+    " bf__citation_list(r, 'citationSources')), lambda x: {'start_index': coalesce(bf_safe_cast_int64(x ->> '$.startIndex'), 0),"
+    " 'end_index': bf_safe_cast_int64(x ->> '$.endIndex'), 'uri': x ->> '$.uri', 'title': x ->> '$.title',"
+    " 'license': x ->> '$.license'}), [])",
     "bf_to_json_string(x) AS coalesce(CAST(to_json(x) AS VARCHAR), 'null')",
     "bf_safe_cast_int64(x) AS CASE WHEN typeof(x) = 'VARCHAR'"
     r" AND NOT regexp_full_match(CAST(x AS VARCHAR), '\s*[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)\s*')"
