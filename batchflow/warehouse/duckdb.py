@@ -120,13 +120,16 @@ class DuckDBWarehouse:
         install(self._conn)
         if memory_limit:  # DuckDB caches blocks up to 80% of RAM by default; big local jobs may cap it
             self._conn.execute("SET memory_limit = ?", [memory_limit]).fetchall()
-        # Python UDFs live on the root connection; its cursors see them.
-        self._conn.create_function(
-            "bf_request_hash", _request_hash_udf, ["VARCHAR", "VARCHAR"], "VARCHAR", type="arrow", null_handling="special"
-        )
-        self._conn.create_function(
-            "bf_request_problem", _request_problem_udf, ["VARCHAR"], "VARCHAR", type="arrow", null_handling="special"
-        )
+        # Python UDFs live on the root connection; its cursors see them. A second adapter on the
+        # same file in this process shares DuckDB's instance, and with it the first one's UDFs.
+        self._udfs: list[str] = []
+        for name, fn, args in (("bf_request_hash", _request_hash_udf, ["VARCHAR", "VARCHAR"]),
+                               ("bf_request_problem", _request_problem_udf, ["VARCHAR"])):
+            try:
+                self._conn.create_function(name, fn, args, "VARCHAR", type="arrow", null_handling="special")
+                self._udfs.append(name)
+            except duckdb.CatalogException:
+                pass
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         # Closing before interpreter exit keeps DuckDB's Python UDF bindings from printing leak noise.
         atexit.register(self.close)
@@ -319,7 +322,7 @@ class DuckDBWarehouse:
         self._closed = True
         for cur in self._cursors:
             cur.close()
-        for udf in ("bf_request_hash", "bf_request_problem"):
+        for udf in self._udfs:
             self._conn.remove_function(udf)
         self._conn.close()
         atexit.unregister(self.close)

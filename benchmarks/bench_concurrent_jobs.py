@@ -1,0 +1,97 @@
+"""N independent batch models against the Vertex batch emulator, each job taking a fixed time:
+with enough threads the run should take about one job's duration, not N of them.
+
+    python benchmarks/bench_concurrent_jobs.py [--models 8] [--job-seconds 5]
+
+Runs in one process: the emulator (tests/emulators/vertex.py) serves on 127.0.0.1 and writes its
+output tables into the same DuckDB file the runner uses, through the Warehouse protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from typer.testing import CliRunner  # noqa: E402
+
+from batchflow.cli import app  # noqa: E402
+from batchflow.warehouse.duckdb import DuckDBWarehouse  # noqa: E402
+from tests.emulators.vertex import VertexEmulator  # noqa: E402
+
+
+def make_project(root: Path, models: int, rows: int, vertex_url: str) -> None:
+    (root / "models").mkdir(parents=True)
+    (root / "seeds").mkdir()
+    (root / "batchflow_project.yml").write_text("name: concurrent\nprofile: concurrent\n")
+    (root / "profiles.yml").write_text(f"""
+concurrent:
+  target: local
+  outputs:
+    local:
+      type: duckdb
+      path: {root / 'warehouse.duckdb'}
+      schema: ds
+      batch:
+        backend: vertex
+        project: test-project
+        location: us-central1
+        base_url: {vertex_url}
+        access_token: test
+        poll_interval: 0.2
+""")
+    (root / "seeds" / "items.csv").write_text("id,text\n" + "".join(f"{i},item {i}\n" for i in range(rows)))
+    for m in range(models):
+        (root / "models" / f"ask_{m}.sql").write_text(
+            f"{{{{ config(materialized='batch', model='gemini-2.5-flash', key='id') }}}}\n"
+            f"select id, {{{{ gemini_request(prompt=\"concat('Model {m}: ', text)\") }}}} as request "
+            "from {{ ref('items') }}\n"
+        )
+
+
+def timed_build(root: Path, threads: int) -> float:
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["build", "--project-dir", str(root), "--threads", str(threads)],
+                                catch_exceptions=False)
+    elapsed = time.perf_counter() - started
+    if result.exit_code != 0:
+        sys.exit(result.output)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--job-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    figures = {}
+    for threads in (args.models, 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            warehouse = DuckDBWarehouse(root / "warehouse.duckdb", schema="ds")
+            emulator = VertexEmulator(warehouse, pending_seconds=0.0, running_seconds=args.job_seconds).start()
+            try:
+                make_project(root, args.models, args.rows, emulator.url)
+                figures[threads] = timed_build(root, threads)
+                assert len(emulator.jobs) == args.models, emulator.jobs
+            finally:
+                emulator.stop()
+                warehouse.close()
+
+    parallel, serial = figures[args.models], figures[1]
+    print(f"{args.models} batch models x {args.rows} rows, each job {args.job_seconds:.1f}s in the emulator\n")
+    print(f"{'threads':>8} {'wall s':>8} {'wall / one job':>15}")
+    for threads, wall in figures.items():
+        print(f"{threads:>8} {wall:>8.2f} {wall / args.job_seconds:>14.2f}x")
+    print(f"\nparallel vs serial: {serial / parallel:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
