@@ -6,16 +6,15 @@ at; `load_profile` reads the chosen target of `profiles.yml`. Every configuratio
 
 from __future__ import annotations
 
+import ast
 import difflib
 import os
 import re
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import jinja2
 
 from batchflow.errors import ConfigError
 from batchflow.yamlio import LineDict, line_of, load_yaml, parse_yaml, to_plain
@@ -343,10 +342,16 @@ def _discover(root: Path, folders: list[str], suffixes: tuple[str, ...]) -> Iter
 
 
 def _read_text(path: Path) -> str:
+    """The file's text, newlines translated as Path.read_text does (binary read: a text-mode open
+    costs a decoder per file, visible over thousands of models)."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read file: {exc}", path, 1) from None
+    if "\r" in text:  # universal newlines: \r\n and \r become \n
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 class _ProjectLoader:
@@ -613,6 +618,189 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None) -> P
     )
 
 
+# ---- simple templates ---------------------------------------------------------------------------------
+#
+# Most files a project renders are literal text plus `{{ call(args) }}` expressions: `ref('x')`,
+# `config(materialized='table')`, `env_var('NAME', 'default')`, a macro call. Compiling such a file with
+# Jinja costs about 5 ms (lexer, parser, code generator, Python's compile()), a large part of compiling
+# a 2,000-model project. `render_simple` evaluates that subset directly, with Jinja's semantics, and
+# returns None for anything outside it so the caller falls back to Jinja (which also produces the
+# error messages: the fast path never reports an error itself).
+
+
+class _NotSimple(Exception):
+    """The template (or an expression in it) is outside the subset `render_simple` evaluates."""
+
+
+_SIMPLE_EXPR = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_SIMPLE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# Jinja's literal names (the lexer turns these into constants whatever the context holds).
+_JINJA_CONSTANTS = {"true": True, "false": False, "none": None, "True": True, "False": False, "None": None}
+_MISSING_NAME = object()
+_parsed_expressions: dict[str, Any] = {}
+
+
+def _simple_expression(text: str) -> ast.expr:
+    """The Python AST of a Jinja expression that is also valid Python with the same meaning."""
+    tree = _parsed_expressions.get(text)
+    if tree is None:
+        try:
+            tree = ast.parse(text.strip(), mode="eval").body
+        except (SyntaxError, ValueError):
+            tree = False
+        else:
+            if not _simple_tree(tree, text):
+                tree = False
+        if len(_parsed_expressions) < 100_000:
+            _parsed_expressions[text] = tree
+    if tree is False:
+        raise _NotSimple(text)
+    return tree
+
+
+def _simple_tree(node: ast.AST, source: str) -> bool:
+    """Whether every node is one `_evaluate` handles with Jinja's meaning (literals checked by their text:
+    Python string prefixes, escapes and number forms differ from Jinja's lexer)."""
+    if isinstance(node, ast.Constant):
+        value = node.value
+        segment = ast.get_source_segment(source.strip(), node) or ""
+        if isinstance(value, str):
+            return segment[:1] in ("'", '"') and segment[:3] not in ("'''", '"""') and "\\" not in segment
+        if isinstance(value, bool) or value is None:
+            return True
+        if isinstance(value, (int, float)):
+            return bool(_SIMPLE_NUMBER.fullmatch(segment))
+        return False
+    if isinstance(node, ast.Name):
+        return isinstance(node.ctx, ast.Load)
+    if isinstance(node, ast.Attribute):
+        return _simple_tree(node.value, source)
+    if isinstance(node, ast.Subscript):
+        return not isinstance(node.slice, ast.Slice) and _simple_tree(node.value, source) and _simple_tree(
+            node.slice, source
+        )
+    if isinstance(node, ast.Call):
+        return (
+            _simple_tree(node.func, source)
+            and all(not isinstance(a, ast.Starred) and _simple_tree(a, source) for a in node.args)
+            and all(k.arg is not None and _simple_tree(k.value, source) for k in node.keywords)
+        )
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return all(not isinstance(e, ast.Starred) and _simple_tree(e, source) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is not None and _simple_tree(k, source) for k in node.keys) and all(
+            _simple_tree(v, source) for v in node.values
+        )
+    return False
+
+
+def _is_jinja_macro(obj: Any) -> bool:
+    kind = type(obj)
+    return kind.__name__ == "Macro" and kind.__module__ == "jinja2.runtime"
+
+
+def _evaluate(node: ast.expr, context: Mapping[str, Any]) -> Any:
+    """The value of a `_simple_tree` expression, as Jinja computes it. Raises _NotSimple wherever
+    Jinja would produce an Undefined or do something this evaluator does not (pass_context callables)."""
+    kind = type(node)
+    if kind is ast.Constant:
+        return node.value  # type: ignore[attr-defined]
+    if kind is ast.Name:
+        name = node.id  # type: ignore[attr-defined]
+        if name in _JINJA_CONSTANTS:
+            return _JINJA_CONSTANTS[name]
+        value = context.get(name, _MISSING_NAME)
+        if value is _MISSING_NAME:
+            raise _NotSimple(name)
+        return value
+    if kind is ast.Call:
+        func = _evaluate(node.func, context)  # type: ignore[attr-defined]
+        # Jinja passes the context (or environment) to callables marked for it. A macro's __call__ takes
+        # the eval context only for its autoescape flag, which without one comes from the environment:
+        # the same value, as batchflow's environments never switch autoescaping per template.
+        if not callable(func) or hasattr(func, "jinja_pass_arg") or (
+            hasattr(getattr(func, "__call__", None), "jinja_pass_arg") and not _is_jinja_macro(func)
+        ):
+            raise _NotSimple("call")
+        args = [_evaluate(a, context) for a in node.args]  # type: ignore[attr-defined]
+        kwargs = {k.arg: _evaluate(k.value, context) for k in node.keywords}  # type: ignore[attr-defined]
+        try:
+            return func(*args, **kwargs)
+        except StopIteration:  # Jinja turns this into an Undefined
+            raise _NotSimple("call") from None
+    if kind is ast.Attribute:  # Jinja's Environment.getattr: the attribute, else the item
+        obj = _evaluate(node.value, context)  # type: ignore[attr-defined]
+        attr = node.attr  # type: ignore[attr-defined]
+        try:
+            return getattr(obj, attr)
+        except AttributeError:
+            pass
+        try:
+            return obj[attr]
+        except (TypeError, LookupError, AttributeError):
+            raise _NotSimple(attr) from None
+    if kind is ast.Subscript:  # Jinja's Environment.getitem: the item, else the attribute
+        obj = _evaluate(node.value, context)  # type: ignore[attr-defined]
+        key = _evaluate(node.slice, context)  # type: ignore[attr-defined]
+        try:
+            return obj[key]
+        except (AttributeError, TypeError, LookupError):
+            if isinstance(key, str):
+                try:
+                    return getattr(obj, key)
+                except AttributeError:
+                    pass
+            raise _NotSimple(str(key)) from None
+    if kind is ast.List:
+        return [_evaluate(e, context) for e in node.elts]  # type: ignore[attr-defined]
+    if kind is ast.Tuple:
+        return tuple(_evaluate(e, context) for e in node.elts)  # type: ignore[attr-defined]
+    if kind is ast.Dict:
+        return {
+            _evaluate(k, context): _evaluate(v, context)  # type: ignore[arg-type]
+            for k, v in zip(node.keys, node.values)  # type: ignore[attr-defined]
+        }
+    raise _NotSimple(kind.__name__)
+
+
+def simple_template(source: str) -> list[str | ast.expr] | None:
+    """`source` as literal text and expressions, or None when it needs Jinja: statements, comments,
+    whitespace control, carriage returns (Jinja normalises newlines) or an expression outside the subset."""
+    if "{%" in source or "{#" in source or "\r" in source:
+        return None
+    pieces: list[str | ast.expr] = []
+    pos = 0
+    try:
+        for found in _SIMPLE_EXPR.finditer(source):
+            inner = found.group(1)
+            # Whitespace control, and Python syntax Jinja lacks (comments, line continuations).
+            if inner[:1] in ("-", "+") or inner[-1:] == "-" or not inner.strip() or "#" in inner or "\\" in inner:
+                return None
+            if found.start() > pos:
+                pieces.append(source[pos:found.start()])
+            pieces.append(_simple_expression(inner))
+            pos = found.end()
+    except _NotSimple:
+        return None
+    if "{{" in source[pos:]:
+        return None
+    if pos < len(source):
+        pieces.append(source[pos:])
+    return pieces
+
+
+def render_simple(pieces: list[str | ast.expr], context: Mapping[str, Any]) -> str | None:
+    """Render `simple_template` pieces with `context`; None when Jinja must render instead (an
+    undefined name or attribute, a failing call, ...). Callables with side effects may have run."""
+    out: list[str] = []
+    try:
+        for piece in pieces:
+            out.append(piece if type(piece) is str else str(_evaluate(piece, context)))  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - Jinja renders again and reports it properly
+        return None
+    return "".join(out)
+
+
 # ---- profiles ---------------------------------------------------------------------------------------
 
 
@@ -659,6 +847,13 @@ def render_profiles_text(text: str, path: Path) -> str:
     so the YAML parsed afterwards keeps its line numbers."""
     if "{{" not in text and "{%" not in text:
         return text
+    pieces = simple_template(text)
+    if pieces is not None:
+        fast = render_simple(pieces, {"env_var": _env_var})
+        if fast is not None:
+            return fast
+    import jinja2  # only for profiles the simple renderer does not cover
+
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.globals["env_var"] = _env_var
     env.filters.update(as_number=_as_number, as_bool=_as_bool, as_text=str, as_native=lambda v: v)
