@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Protocol
 
-import pyarrow as pa
+if TYPE_CHECKING:  # pyarrow costs 0.2 s to import; `batchflow ls` never needs it
+    import pyarrow as pa
 
 from batchflow.relation import Relation
 

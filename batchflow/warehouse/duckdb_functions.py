@@ -27,7 +27,8 @@ import duckdb
 # so a value used twice is passed to a helper instead of being written out twice).
 _MACROS: tuple[str, ...] = (
     # JSON or JSON text -> JSON; NULL when the text is not valid JSON (SAFE.PARSE_JSON too).
-    "bf_safe_parse_json(x) AS CASE WHEN json_valid(x) THEN json(x) END",
+    # JSON-typed input is valid by construction: skip re-validating it on every field access.
+    "bf_safe_parse_json(x) AS CASE WHEN typeof(x) = 'JSON' THEN x::JSON WHEN json_valid(x) THEN json(x) END",
     "bf__json_type_name(t) AS CASE t"
     " WHEN 'OBJECT' THEN 'object' WHEN 'ARRAY' THEN 'array' WHEN 'VARCHAR' THEN 'string'"
     " WHEN 'BOOLEAN' THEN 'boolean' WHEN 'NULL' THEN 'null'"
