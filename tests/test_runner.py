@@ -151,3 +151,11 @@ models:
     }
     result = cli("test", "-s", "parent")
     assert result.exit_code == 0 and "0 passed, 0 failed" in result.output
+
+
+def test_duckdb_file_named_like_the_schema_is_a_config_error(tmp_path: Path) -> None:
+    cli = make_project(tmp_path, {"m": "select 1 as x"})
+    profile = tmp_path / "profiles.yml"
+    profile.write_text(profile.read_text().replace("target/batchflow.duckdb", "target/analytics.duckdb"))
+    result = cli("build")
+    assert result.exit_code == 2 and "same name as schema 'analytics'" in result.output

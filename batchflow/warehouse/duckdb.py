@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import duckdb
 import pyarrow as pa
 
-from batchflow.errors import ExecutionError
+from batchflow.errors import ConfigError, ExecutionError
 from batchflow.relation import Relation
 from batchflow.sql import to_duckdb
 from batchflow.warehouse.base import Column, RelationKind
@@ -108,6 +108,10 @@ class DuckDBWarehouse:
 
     def __init__(self, path: str | Path, schema: str = "main", memory_limit: str | None = None):
         self.path = str(path)
+        if self.path != ":memory:" and Path(self.path).stem == schema:
+            # DuckDB names the catalog after the file: `schema.table` would then be ambiguous.
+            raise ConfigError(f"DuckDB file {Path(self.path).name} has the same name as schema {schema!r}; "
+                              "rename one of them in profiles.yml")
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
