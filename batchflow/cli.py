@@ -27,7 +27,7 @@ from batchflow.errors import BatchflowError, ConfigError
 from batchflow.project import Project, Target, load_profile, load_project
 from batchflow.ledger import LANDED, LOST, Ledger, LedgerEntry
 from batchflow.lifecycle import RunFlags
-from batchflow.runner import NodeResult, RunOptions, Runner, SilentReporter
+from batchflow.runner import NodeResult, RunOptions, Runner, load_source_samples
 
 app = typer.Typer(
     add_completion=False,
@@ -324,8 +324,7 @@ def _validate(session: Session, order: list[str]) -> bool:
     warehouse = open_warehouse(session.target, session.project)
     try:
         if session.target.type == "duckdb":  # sources stand in as their samples, as in a run
-            Runner(manifest, session.compiler, warehouse, lambda: None, SilentReporter(),  # type: ignore[arg-type,return-value]
-                   RunOptions(load_source_samples=True))._prepare_sources([], order)
+            load_source_samples(manifest, warehouse, {d for n in order for d in manifest.nodes[n].depends_on})
         for name in order:
             node = manifest.nodes[name]
             if node.materialized == "ephemeral":

@@ -81,6 +81,16 @@ class RunOptions:
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3])
 
 
+def load_source_samples(manifest: Manifest, warehouse: Warehouse, names: set[str]) -> None:
+    """Local target: load the sample CSV of each named source into the source's relation."""
+    for name in sorted(names):
+        node = manifest.nodes.get(name)
+        if node is None or node.resource_type != "source" or node.sample is None:
+            continue
+        warehouse.ensure_schema(node.relation.schema)
+        warehouse.load_csv(node.relation, node.sample)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -118,7 +128,9 @@ class Runner:
         self.preflight(order)
         sources = [n for n in order if self.manifest.nodes[n].resource_type == "source"]
         order = [n for n in order if n not in sources]
-        self._prepare_sources(sources, order)
+        if self.options.load_source_samples:
+            needed = set(sources) | {d for n in order for d in self.manifest.nodes[n].depends_on}
+            load_source_samples(self.manifest, self.wh, needed)
         results: dict[str, NodeResult] = {}
         deps = {n: [d for d in self.manifest.nodes[n].depends_on if d in order] for n in order}
         index = {n: i + 1 for i, n in enumerate(order)}
@@ -177,18 +189,6 @@ class Runner:
             message=f"skipped: {why}",
             path=node.path,
         )
-
-    def _prepare_sources(self, sources: list[str], order: list[str]) -> None:
-        """On the local target, load each source's sample CSV into the source's relation."""
-        if not self.options.load_source_samples:
-            return
-        needed = set(sources) | {d for n in order for d in self.manifest.nodes[n].depends_on if d.startswith("source:")}
-        for name in sorted(needed):
-            node = self.manifest.nodes.get(name)
-            if node is None or node.sample is None:
-                continue
-            self.wh.ensure_schema(node.relation.schema)
-            self.wh.load_csv(node.relation, node.sample)
 
     # -- one node --------------------------------------------------------------------------------
     def _execute(self, node: Node) -> NodeResult:
