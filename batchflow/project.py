@@ -430,47 +430,35 @@ class _ProjectLoader:
             self._declare_source(entry, path, data.key_line("sources"))
 
     def _document_model(self, entry: Any, path: Path, list_line: int | None) -> None:
-        name = _entry_name(entry, "model", path, list_line)
-        model = self.models.get(name)
-        if model is None:
-            raise ConfigError(
-                f"yml entry for model {name!r}, but there is no models/**/{name}.sql{did_you_mean(name, self.models)}",
-                path,
-                entry.key_line("name"),
-            )
-        if model.yml_path is not None:
-            raise ConfigError(
-                f"model {name!r} is already documented at {_rel(self.root, model.yml_path)}:{model.yml_line}",
-                path,
-                entry.line,
-            )
-        model.yml_path, model.yml_line = path, entry.line
-        model.description = _text(entry.get("description"))
-        model.columns = _columns(entry, path)
+        model = self._document(entry, path, list_line, "model", self.models, "models/**/{}.sql")
         model.tests = _tests(entry, path)
-        config = _mapping(entry.get("config"), "`config:`", path, entry.key_line("config"))
-        model.config = merge_configs(model.config, to_plain(config))
 
     def _document_seed(self, entry: Any, path: Path, list_line: int | None) -> None:
-        name = _entry_name(entry, "seed", path, list_line)
-        seed = self.seeds.get(name)
-        if seed is None:
+        self._document(entry, path, list_line, "seed", self.seeds, "seeds/**/{}.csv")
+
+    def _document(self, entry: Any, path: Path, list_line: int | None, kind: str, known: dict[str, Any],
+                  file_pattern: str) -> Any:
+        """Attach a yml entry (description, columns, config) to the model or seed it names."""
+        name = _entry_name(entry, kind, path, list_line)
+        node = known.get(name)
+        if node is None:
             raise ConfigError(
-                f"yml entry for seed {name!r}, but there is no seeds/**/{name}.csv{did_you_mean(name, self.seeds)}",
+                f"yml entry for {kind} {name!r}, but there is no {file_pattern.format(name)}{did_you_mean(name, known)}",
                 path,
                 entry.key_line("name"),
             )
-        if seed.yml_path is not None:
+        if node.yml_path is not None:
             raise ConfigError(
-                f"seed {name!r} is already documented at {_rel(self.root, seed.yml_path)}:{seed.yml_line}",
+                f"{kind} {name!r} is already documented at {_rel(self.root, node.yml_path)}:{node.yml_line}",
                 path,
                 entry.line,
             )
-        seed.yml_path, seed.yml_line = path, entry.line
-        seed.description = _text(entry.get("description"))
-        seed.columns = _columns(entry, path)
+        node.yml_path, node.yml_line = path, entry.line
+        node.description = _text(entry.get("description"))
+        node.columns = _columns(entry, path)
         config = _mapping(entry.get("config"), "`config:`", path, entry.key_line("config"))
-        seed.config = merge_configs(seed.config, to_plain(config))
+        node.config = merge_configs(node.config, to_plain(config))
+        return node
 
     def _declare_source(self, entry: Any, path: Path, list_line: int | None) -> None:
         source_name = _entry_name(entry, "source", path, list_line)
