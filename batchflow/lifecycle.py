@@ -236,15 +236,15 @@ class BatchLifecycle:
         missing_key = [k for k in self.settings.key if k not in {c.name for c in columns}]
         if missing_key:
             raise ConfigError(f"key column(s) {', '.join(missing_key)} are not in the model's output", self.node.path)
-        problem = self.wh.request_problem_sql("request")
+        problem = self.wh.request_problem_sql("request", "request_hash")
         checked = f"(SELECT *, {problem} AS problem FROM {self.requests_rel.render()})"
         counts = self.wh.query_arrow(
-            f"SELECT COUNT(*) AS n, COUNTIF(problem IS NOT NULL) AS bad, COUNT(DISTINCT request_hash) AS d "
-            f"FROM {checked}"
+            f"SELECT COUNT(*) AS n, COUNTIF(problem IS NOT NULL) AS bad, "
+            f"COUNT(DISTINCT IF(problem IS NULL, request_hash, NULL)) AS d FROM {checked}"
         ).to_pylist()[0]
         self.report.rows_total = int(counts["n"])
         self.report.rows_invalid = int(counts["bad"] or 0)
-        self.report.rows_duplicate = self.report.rows_total - int(counts["d"])
+        self.report.rows_duplicate = self.report.rows_total - self.report.rows_invalid - int(counts["d"])
         if not self.report.rows_invalid:
             return
         bad = self.wh.query_arrow(
@@ -289,7 +289,7 @@ class BatchLifecycle:
         """Stage 2b: the requests that need an answer, each with the model to send it to.
         Returns (model, rows) per model, numbered in `<model>__todo` for sharding."""
         s = self.settings
-        valid = f"WHERE {self.wh.request_problem_sql('request')} IS NULL" if self.report.rows_invalid else ""
+        valid = f"WHERE {self.wh.request_problem_sql('request', 'request_hash')} IS NULL" if self.report.rows_invalid else ""
         in_flight = " UNION ALL ".join(f"SELECT request_hash FROM {shard.input.render()}" for shard in self._open)
         not_in_flight = f"WHERE c.request_hash NOT IN ({in_flight})" if in_flight else ""
         primary = string_literal(s.model)

@@ -161,3 +161,24 @@ def test_jobs_commands_read_the_ledger(cli: CLI) -> None:
     refused = cli("jobs", "cancel", rows[0]["job_key"])
     assert refused.exit_code == 2 and "LANDED" in refused.output
     assert cli("jobs", "show", "no-such-job").exit_code == 2
+
+
+def test_unparsable_string_request_is_an_invalid_row_not_a_crash(cli: CLI) -> None:
+    write(
+        cli.project,
+        "models/requests/review_requests.sql",
+        "{{ config(materialized='batch', model='gemini-2.5-flash', key='review_id', invalid_rows='skip') }}\n"
+        "select review_id,\n"
+        "  case when review_id = 'R0005' then '{\"contents\": [' \n"
+        "       else to_json_string({{ gemini_request(prompt='body') }}) end as request\n"
+        "from {{ ref('stg_reviews') }}\n",
+    )
+    result = cli("build", "--select", "+review_requests")
+    assert result.exit_code == 0, result.output
+    batch = next(r for r in cli.run_results()["results"] if r["name"] == "review_requests")["batch"]
+    assert batch["rows_invalid"] == 1 and batch["rows_total"] == 59
+    assert any("R0005" in w and "not valid JSON" in w for w in batch["warnings"]), batch["warnings"]
+    # the skipped row has no answer and is not counted as a duplicate; the other 58 rows were answered
+    distinct = cli.query("select count(distinct request_hash) from reviews.review_requests where response is not null")
+    assert batch["rows_sent"] == distinct[0][0] and batch["rows_sent"] + batch["rows_duplicate"] == 58
+    assert cli.query("select count(*) from reviews.review_requests where response is null") == [(1,)]

@@ -13,6 +13,7 @@ from batchflow.requests import (
     canonical_json,
     check_columns,
     request_hash,
+    valid_request_hash,
     request_problem,
 )
 from batchflow.warehouse.base import Column
@@ -121,10 +122,12 @@ def test_canonical_json_is_sorted_compact_and_keeps_unicode():
     assert canonical_json(obj) == json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert canonical_json("x") == '"x"'
     assert canonical_json(None) == "null"
-    with pytest.raises(ValueError):
-        canonical_json({"x": float("nan")})
     with pytest.raises(TypeError):
         canonical_json({"x": object()})
+    # orjson's spelling of exponents; a request with an integer beyond 64 bits (which orjson refuses)
+    # is written whole by Python's json module
+    assert canonical_json({"x": 1e-07}) == '{"x":1e-7}'
+    assert canonical_json({"x": 1e-07, "y": 2**70}) == '{"x":1e-07,"y":1180591620717411303424}'
 
 
 def test_request_hash_definition():
@@ -150,3 +153,17 @@ def test_request_hash_depends_on_model_and_content():
 def test_request_hash_rejects_bad_json():
     with pytest.raises(ValueError):
         request_hash("{nope", "m")
+    with pytest.raises(ValueError):  # Vertex refuses NaN as well
+        request_hash('{"contents": [], "x": NaN}', "m")
+
+
+@pytest.mark.parametrize("bad", [None, "{nope", '{"contents": []}', '{"contents": [{"role": "bot", "parts": [1]}]}',
+                                 '{"contents": [{"role": "user", "parts": [1]}], "x": NaN}'])
+def test_valid_request_hash_is_none_for_every_invalid_request(bad) -> None:
+    assert valid_request_hash(bad, "m") is None
+
+
+def test_valid_request_hash_equals_request_hash_for_valid_requests() -> None:
+    text = json.dumps(GOOD, indent=2)
+    assert valid_request_hash(text, "m") == request_hash(GOOD, "m")
+    assert valid_request_hash(text.encode(), "m") == request_hash(text, "m")

@@ -85,11 +85,14 @@ class Warehouse(Protocol):
 
     def request_hash_sql(self, request_sql: str, model: str) -> str:
         """A SQL expression (BigQuery syntax) giving the request hash of the JSON `request_sql`
-        for `model`: SHA-256 hex of the canonical JSON text plus the model name."""
+        for `model`: SHA-256 hex of the canonical JSON text plus the model name. NULL for a NULL
+        or unparsable request; an adapter may also give NULL for every invalid request."""
 
-    def request_problem_sql(self, request_sql: str) -> str:
+    def request_problem_sql(self, request_sql: str, hash_sql: str | None = None) -> str:
         """A SQL expression (BigQuery syntax) giving why the request in `request_sql` is invalid
-        (see `batchflow.requests.request_problem`), or NULL when it is valid."""
+        (see `batchflow.requests.request_problem`), or NULL when it is valid. `hash_sql` is the
+        row's `request_hash_sql` value when the caller has it: an adapter whose hash is NULL for
+        every invalid request skips checking the rows that have one."""
 
     def dry_run(self, sql: str) -> tuple[int | None, list[Column]]:
         """Validate a query without running it: bytes it would process (None when the engine

@@ -294,7 +294,7 @@ class BigQueryWarehouse:
             f"TO_HEX(SHA256(CONCAT(TO_JSON_STRING({parsed}), '\\n', {string_literal(model)}))))"
         )
 
-    def request_problem_sql(self, request_sql: str) -> str:
+    def request_problem_sql(self, request_sql: str, hash_sql: str | None = None) -> str:
         """`batchflow.requests.request_problem` in BigQuery SQL: NULL for a valid request.
 
         Works for a JSON or a STRING `request`: FORMAT('%t', x) is the text of either, so a JSON

@@ -65,11 +65,15 @@ def bigquery_type(duckdb_type: str) -> str:
 
 
 def _request_hash_udf(requests: pa.Array, models: pa.Array) -> pa.Array:
-    """Vectorised `bf_request_hash(request_text, model)` for DuckDB."""
-    from batchflow.requests import request_hash  # the rules live in one place, shared by every target
+    """Vectorised `bf_request_hash(request_text, model)` for DuckDB: NULL for invalid requests."""
+    from batchflow.requests import valid_request_hash  # the rules live in one place, shared by every target
 
+    model_values = models.unique().to_pylist()
+    if len(model_values) == 1:  # the usual call: one literal model name for the whole vector
+        model = model_values[0]
+        return pa.array([valid_request_hash(r, model) for r in requests.to_pylist()], type=pa.string())
     return pa.array(
-        [None if r is None else request_hash(r, m) for r, m in zip(requests.to_pylist(), models.to_pylist())],
+        [None if m is None else valid_request_hash(r, m) for r, m in zip(requests.to_pylist(), models.to_pylist())],
         type=pa.string(),
     )
 
@@ -309,8 +313,10 @@ class DuckDBWarehouse:
         model_literal = "'" + model.replace("\\", "\\\\").replace("'", "\\'") + "'"
         return f"bf_request_hash(CAST({request_sql} AS STRING), {model_literal})"
 
-    def request_problem_sql(self, request_sql: str) -> str:
-        return f"bf_request_problem(CAST({request_sql} AS STRING))"
+    def request_problem_sql(self, request_sql: str, hash_sql: str | None = None) -> str:
+        check = f"bf_request_problem(CAST({request_sql} AS STRING))"
+        # bf_request_hash is NULL for every invalid request: rows with a hash need no second parse.
+        return check if hash_sql is None else f"IF({hash_sql} IS NOT NULL, NULL, {check})"
 
     def dry_run(self, sql: str) -> tuple[int | None, list[Column]]:
         """Bind the query without running it (DESCRIBE); DuckDB does not report bytes."""
