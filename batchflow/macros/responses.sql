@@ -51,6 +51,9 @@ JSON_VALUE({{ response }}, '$.modelVersion')
      'truncated'         finishReason MAX_TOKENS;
      'ok'                otherwise (including STOP with only function-call parts). #}
 {% macro row_outcome(response, status) -%}
+{%- if target is defined and target.type == 'duckdb' -%}
+bf_row_outcome({{ response }}, {{ status }})
+{%- else -%}
 CASE
     WHEN COALESCE({{ status }}, '') != '' OR {{ response }} IS NULL THEN 'row_error'
     WHEN {{ bf_candidate_path(response, 'JSON_QUERY', '') }} IS NULL THEN
@@ -60,6 +63,7 @@ CASE
     WHEN {{ response_text(response) }} IS NULL AND COALESCE({{ finish_reason(response) }}, '') != 'STOP' THEN 'candidate_blocked'
     ELSE 'ok'
 END
+{%- endif %}
 {%- endmacro %}
 
 {# bf_status_error(status): the google.rpc error JSON inside a status text such as

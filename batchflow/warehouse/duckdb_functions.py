@@ -50,17 +50,36 @@ _MACROS: tuple[str, ...] = (
     " lambda p: coalesce(p ->> '$.thought', 'false') <> 'true'), lambda p: p ->> '$.text'), ''), '')",
     "bf_response_text(r) AS bf__response_text(coalesce(bf_json_query_array(r, '$.candidates[0].content.parts'),"
     " bf_json_query_array(r, '$[0].content.parts')))",
-    "bf_safety_ratings(r) AS coalesce(list_transform(coalesce(bf_json_query_array(r, '$.candidates[0].safetyRatings'),"
-    " bf_json_query_array(r, '$[0].safetyRatings')), lambda x: {'category': x ->> '$.category',"
-    " 'probability': x ->> '$.probability', 'probability_score': TRY_CAST(x ->> '$.probabilityScore' AS DOUBLE),"
-    " 'severity': x ->> '$.severity', 'severity_score': TRY_CAST(x ->> '$.severityScore' AS DOUBLE),"
-    " 'blocked': coalesce(bf_safe_cast_bool(x ->> '$.blocked'), false)}), [])",
-    "bf__citation_list(r, p) AS coalesce(bf_json_query_array(r, '$.candidates[0].citationMetadata.' || p),"
-    " bf_json_query_array(r, '$[0].citationMetadata.' || p))",
+    # An array of objects parsed once into typed records (every field as text, cast as BigQuery's
+    # SAFE_CAST(JSON_VALUE(...)) would): ~4x faster than one `->>` parse per field and element.
+    "bf__json_records(j, shape) AS CASE WHEN json_type(j) = 'ARRAY' THEN from_json(j, shape) END",
+    "bf__candidate_records(r, p, shape) AS coalesce(bf__json_records(bf_json_query(r, '$.candidates[0].' || p), shape),"
+    " bf__json_records(bf_json_query(r, '$[0].' || p), shape))",
+    "bf_safety_ratings(r) AS coalesce(list_transform(bf__candidate_records(r, 'safetyRatings',"
+    """ '[{"category": "VARCHAR", "probability": "VARCHAR", "probabilityScore": "VARCHAR", "severity": "VARCHAR","""
+    """ "severityScore": "VARCHAR", "blocked": "VARCHAR"}]'), lambda x: {'category': x.category,"""
+    " 'probability': x.probability, 'probability_score': TRY_CAST(x.probabilityScore AS DOUBLE),"
+    " 'severity': x.severity, 'severity_score': TRY_CAST(x.severityScore AS DOUBLE),"
+    " 'blocked': coalesce(bf_safe_cast_bool(x.blocked), false)}), [])",
+    # row_outcome on DuckDB: candidate 0 and its finishReason extracted once, not once per WHEN.
+    "bf__outcome(r, s, c, f) AS CASE"
+    " WHEN coalesce(s, '') <> '' OR r IS NULL THEN 'row_error'"
+    " WHEN c IS NULL THEN CASE WHEN bf_json_value(r, '$.promptFeedback.blockReason') IS NOT NULL"
+    " THEN 'prompt_blocked' ELSE 'row_error' END"
+    " WHEN f IN ('SAFETY', 'RECITATION', 'BLOCKLIST', 'PROHIBITED_CONTENT', 'SPII', 'IMAGE_SAFETY',"
+    " 'IMAGE_PROHIBITED_CONTENT', 'IMAGE_RECITATION') THEN 'candidate_blocked'"
+    " WHEN f = 'MAX_TOKENS' THEN 'truncated'"
+    " WHEN coalesce(f, '') <> 'STOP' AND bf__response_text(bf__json_array(json_extract(c, '$.content.parts'))) IS NULL"
+    " THEN 'candidate_blocked'"
+    " ELSE 'ok' END",
+    "bf__row_outcome(r, s, c) AS bf__outcome(r, s, c, c ->> '$.finishReason')",
+    "bf_row_outcome(r, s) AS bf__row_outcome(r, s, coalesce(bf_json_query(r, '$.candidates[0]'),"
+    " bf_json_query(r, '$[0]')))",
+    "bf__citation_list(r, p) AS bf__candidate_records(r, 'citationMetadata.' || p,"
+    """ '[{"startIndex": "VARCHAR", "endIndex": "VARCHAR", "uri": "VARCHAR", "title": "VARCHAR", "license": "VARCHAR"}]')""",
     "bf_citations(r) AS coalesce(list_transform(coalesce(bf__citation_list(r, 'citations'),"
-    " bf__citation_list(r, 'citationSources')), lambda x: {'start_index': coalesce(bf_safe_cast_int64(x ->> '$.startIndex'), 0),"
-    " 'end_index': bf_safe_cast_int64(x ->> '$.endIndex'), 'uri': x ->> '$.uri', 'title': x ->> '$.title',"
-    " 'license': x ->> '$.license'}), [])",
+    " bf__citation_list(r, 'citationSources')), lambda x: {'start_index': coalesce(bf_safe_cast_int64(x.startIndex), 0),"
+    " 'end_index': bf_safe_cast_int64(x.endIndex), 'uri': x.uri, 'title': x.title, 'license': x.license}), [])",
     "bf_to_json_string(x) AS coalesce(CAST(to_json(x) AS VARCHAR), 'null')",
     "bf_safe_cast_int64(x) AS CASE WHEN typeof(x) = 'VARCHAR'"
     r" AND NOT regexp_full_match(CAST(x AS VARCHAR), '\s*[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)\s*')"
