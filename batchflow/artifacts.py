@@ -6,11 +6,13 @@ import json
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchflow import __version__
-from batchflow.compiler import Manifest
-from batchflow.runner import NodeResult
+
+if TYPE_CHECKING:  # annotations only: `compile` writes artifacts without importing the runner
+    from batchflow.compiler import Manifest
+    from batchflow.runner import NodeResult
 
 
 def _metadata(manifest: Manifest, command: str) -> dict[str, Any]:

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, Callable
 from batchflow import __version__
 from batchflow.errors import BatchflowError, CompileError, ConfigError
 from batchflow.graph import Graph, NodeInfo
-from batchflow.project import ModelFile, Project, Target, merge_configs, render_simple, simple_template
+from batchflow.project import (
+    ModelFile,
+    Project,
+    Target,
+    merge_configs,
+    partial_parse_enabled,
+    render_simple,
+    simple_template,
+)
 from batchflow.relation import Relation
 
 if TYPE_CHECKING:
@@ -310,8 +318,7 @@ class JinjaRenderer:
 # ---------------------------------------------------------------------------------------------
 # Partial parsing
 
-#: Set to 0 to compile without reading or writing the partial-parse cache.
-PARTIAL_PARSE_ENV = "BATCHFLOW_PARTIAL_PARSE"
+# project.PARTIAL_PARSE_ENV (BATCHFLOW_PARTIAL_PARSE=0) turns this cache off, with the yml cache of load_project.
 PARTIAL_PARSE_FILE = "partial_parse.batchflow.pickle"
 _CACHE_FORMAT = 1
 _MISSING_ENV_VAR = "\0missing"
@@ -456,10 +463,6 @@ class PartialParse:
                 pass
 
 
-def _partial_parse_enabled() -> bool:
-    return os.environ.get(PARTIAL_PARSE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 class Compiler:
     """Renders the models of a project for one target and assembles the manifest."""
 
@@ -471,7 +474,7 @@ class Compiler:
         self._rendered: dict[str, tuple[str, _Captured]] = {}
         self._text_cache: dict[str | None, str | None] = {}
         self._ref_relations: dict[str, str] = {}
-        enabled = _partial_parse_enabled() if partial_parse is None else partial_parse
+        enabled = partial_parse_enabled() if partial_parse is None else partial_parse
         macro_source = _macro_source(project)
         self._macro_key = _digest(macro_source[0])
         context_key = _digest(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchflow.errors import ConfigError
-from batchflow.yamlio import LineDict, line_of, load_yaml, parse_yaml, to_plain
+from batchflow.yamlio import LineDict, ParseCache, line_of, load_yaml, parse_yaml, to_plain
 
 
 @dataclass
@@ -119,6 +119,10 @@ class Target:
 # --------------------------------------------------------------------------------------------------
 
 PROJECT_FILE_NAMES = ("batchflow_project.yml", "dbt_project.yml")
+#: Set to 0 to load and compile without reading or writing the partial-parse caches in target/.
+PARTIAL_PARSE_ENV = "BATCHFLOW_PARTIAL_PARSE"
+#: Parsed property (yml) files by content (see yamlio.ParseCache); compiling has its own cache file.
+YML_CACHE_FILE = "partial_parse_yml.batchflow.pickle"
 PROFILES_FILE_NAME = "profiles.yml"
 PROFILES_DIR_ENV = "BATCHFLOW_PROFILES_DIR"
 TARGET_TYPES = ("duckdb", "bigquery")
@@ -148,6 +152,11 @@ _DICT_CONFIGS = frozenset({
 _APPEND_CONFIGS = frozenset({"tags", "pre-hook", "post-hook", "pre_hook", "post_hook"})
 _UPDATE_CONFIGS = frozenset({"meta", "batch", "labels", "grants", "persist_docs", "docs"})
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def partial_parse_enabled() -> bool:
+    """Whether the partial-parse caches are on (BATCHFLOW_PARTIAL_PARSE is not 0/false/no/off)."""
+    return os.environ.get(PARTIAL_PARSE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -357,10 +366,11 @@ def _read_text(path: Path) -> str:
 class _ProjectLoader:
     """Discovers and documents the project's models, seeds and sources."""
 
-    def __init__(self, root: Path, name: str, project_file: Path):
+    def __init__(self, root: Path, name: str, project_file: Path, yml_cache: ParseCache | None = None):
         self.root = root
         self.name = name
         self.project_file = project_file
+        self.yml_cache = yml_cache or ParseCache(None)
         self.models: dict[str, ModelFile] = {}
         self.seeds: dict[str, Seed] = {}
         self.sources: dict[tuple[str, str], SourceTable] = {}
@@ -412,7 +422,7 @@ class _ProjectLoader:
     # ---- property (yml) files ----
 
     def apply_yml(self, path: Path) -> None:
-        data = load_yaml(path)
+        data = self.yml_cache.load(path)
         if data is None:
             return
         if not isinstance(data, LineDict):
@@ -565,8 +575,11 @@ def _config_warnings(project_file: Path, trees: dict[str, _ConfigLevel]) -> list
     ]
 
 
-def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None) -> Project:
-    """Read the project in `project_dir`: project file, models, seeds, sources, yml docs and macros."""
+def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
+                 partial_parse: bool | None = None) -> Project:
+    """Read the project in `project_dir`: project file, models, seeds, sources, yml docs and macros.
+    `partial_parse`: reuse and update the parsed yml files in target/ (default: on, unless
+    BATCHFLOW_PARTIAL_PARSE=0)."""
     root = Path(project_dir).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError("project directory does not exist", root)
@@ -583,18 +596,23 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None) -> P
         block: _config_level(data.get(block), project_file, data.key_line(block)) for block in ("models", "seeds")
     }
 
-    loader = _ProjectLoader(root, name, project_file)
+    target_dir = (root / target_path).resolve()
+    enabled = partial_parse_enabled() if partial_parse is None else partial_parse
+    yml_cache = ParseCache(target_dir / YML_CACHE_FILE if enabled else None)
+
+    loader = _ProjectLoader(root, name, project_file, yml_cache)
     loader.load_models(model_paths, trees["models"])
     loader.load_seeds(seed_paths, trees["seeds"])
     # Property files live next to models (dbt also reads seed properties from the seed folders).
     for yml_path, _ in _discover(root, model_paths + seed_paths, (".yml", ".yaml")):
         loader.apply_yml(yml_path)
+    yml_cache.save()
     return Project(
         name=name,
         root=root,
         project_file=project_file,
         profile=profile,
-        target_path=(root / target_path).resolve(),
+        target_path=target_dir,
         vars=project_vars,
         models=loader.models,
         seeds=loader.seeds,

@@ -2,10 +2,15 @@
 
 `load_yaml` returns plain Python data whose mappings are `LineDict` and whose sequences are `LineList`:
 ordinary `dict`/`list` subclasses that also carry the 1-based line of themselves and of each key.
+`ParseCache` gives the same data for files whose text was parsed before, without parsing them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import sys
 from pathlib import Path
 from types import GeneratorType
 from typing import Any
@@ -125,6 +130,93 @@ def load_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror}", path) from None
     return parse_yaml(text, Path(path))
+
+
+class ParseCache:
+    """YAML files parsed before, by their bytes: `load(path)` returns what `load_yaml(path)` returns, but
+    a text parsed in an earlier run comes from a pickle of that parse (several times faster than libyaml: a
+    2,000-model project has ~200 KB of properties files, ~55 ms to parse). Parsing is a function of the text
+    alone, so a file is reused exactly when its bytes are unchanged; a file that does not parse is never
+    stored (it fails again, with its line). Entries are kept as pickled bytes, so every `load` returns
+    fresh objects whatever callers do with them. `save()` writes the entries this run used (atomically,
+    only when something changed); an unreadable or outdated cache file is ignored. `path=None`: no cache."""
+
+    FORMAT = 1
+    _fingerprint: str | None = None
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._known: dict[bytes, bytes] = {}
+        self._used: dict[bytes, bytes] = {}
+        self._dirty = False
+        if path is not None:
+            self._read()
+
+    @classmethod
+    def fingerprint(cls) -> str:
+        """What a stored parse depends on besides the text: this module, PyYAML and the Python version."""
+        if cls._fingerprint is None:
+            try:
+                source = Path(__file__).read_text(encoding="utf-8")
+            except OSError:
+                source = __file__
+            parts = "\0".join((source, yaml.__version__, _BaseLoader.__name__, sys.version))
+            cls._fingerprint = hashlib.blake2b(parts.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+        return cls._fingerprint
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as handle:  # type: ignore[arg-type]
+                data = pickle.load(handle)
+        except Exception:  # noqa: BLE001 - missing, truncated or foreign: parse as if there were none
+            return
+        if (isinstance(data, dict) and data.get("format") == self.FORMAT and data.get("code") == self.fingerprint()
+                and isinstance(data.get("entries"), dict)):
+            self._known = data["entries"]
+
+    def load(self, path: Path) -> Any:
+        """`load_yaml(path)`, from the cache when this exact text was parsed before."""
+        if self.path is None:
+            return load_yaml(path)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read file: {exc.strerror}", path) from None
+        key = hashlib.blake2b(raw, digest_size=20).digest()
+        blob = self._known.get(key)
+        if blob is not None:
+            try:
+                data = pickle.loads(blob)
+            except Exception:  # noqa: BLE001 - a damaged entry: parse the file instead
+                pass
+            else:
+                self._used[key] = blob
+                return data
+        text = raw.decode("utf-8")  # as Path.read_text: strict UTF-8, universal newlines
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        data = parse_yaml(text, Path(path))
+        self._used[key] = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        self._dirty = True
+        return data
+
+    def save(self) -> None:
+        """Write the entries this run used, if they differ from what was read."""
+        if self.path is None or (not self._dirty and len(self._used) == len(self._known)):
+            return
+        data = {"format": self.FORMAT, "code": self.fingerprint(), "entries": self._used}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only project still loads
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def line_of(obj: Any, key: Any = None) -> int | None:

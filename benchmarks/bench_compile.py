@@ -8,8 +8,8 @@ and times these commands round-robin (every repeat runs each command once, so ma
 evenly):
 
     batchflow --help                         CLI start-up floor (imports only)
-    batchflow compile   cold                 BATCHFLOW_PARTIAL_PARSE=0: render + parse every model
-    batchflow compile   warm                 default: partial-parse cache in target/ from the previous run
+    batchflow compile   cold                 BATCHFLOW_PARTIAL_PARSE=0: parse every yml file, render + parse every model
+    batchflow compile   warm                 default: partial-parse caches in target/ from the previous run
     batchflow ls        cold / warm
     dbt parse --no-partial-parse
     dbt compile                              warm partial parse

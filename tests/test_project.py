@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from batchflow import yamlio
 from batchflow.errors import ConfigError
-from batchflow.project import load_profile, load_project, merge_configs
-from batchflow.yamlio import LineDict, LineList, line_of, load_yaml
+from batchflow.project import YML_CACHE_FILE, load_profile, load_project, merge_configs
+from batchflow.yamlio import LineDict, LineList, ParseCache, line_of, load_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "projects"
 
@@ -720,3 +721,113 @@ def test_dbt_style_fixture_loads(tmp_path: Path, no_profile_env: Path, monkeypat
     assert dev.type == "duckdb" and dev.settings["path"] == str(root.resolve() / "synth.duckdb")
     bq = load_profile(p, None, "bq")
     assert (bq.database, bq.schema, bq.settings["location"]) == ("my-gcp-project", "synth", "US")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the parsed-yml cache (target/partial_parse_yml.batchflow.pickle)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _yml_view(p) -> dict:
+    """What load_project takes from yml files, lines included."""
+    nodes = {**{f"model.{n}": m for n, m in p.models.items()}, **{f"seed.{n}": s for n, s in p.seeds.items()}}
+    view = {
+        key: (node.config, node.description, node.yml_path, node.yml_line, getattr(node, "tests", None),
+              {c: (d.description, d.data_type, d.tests, d.line) for c, d in node.columns.items()})
+        for key, node in nodes.items()
+    }
+    view.update({
+        f"source.{s}.{t}": (src.schema, src.database, src.identifier, src.line, src.description, src.tests,
+                            {c: (d.description, d.tests, d.line) for c, d in src.columns.items()})
+        for (s, t), src in p.sources.items()
+    })
+    return view
+
+
+def test_yml_cache_gives_what_parsing_gives_and_follows_edits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = project(
+        tmp_path,
+        "name: demo\nmodels:\n  demo:\n    +tags: [p]\n",
+        models__stg_reviews__sql="select 1",
+        models__other__sql="select 2",
+        models__schema__yml=SCHEMA_YML,
+        models__sources__yml=SOURCES_YML,
+        samples__reviews__csv="id\n1\n",
+        data__orders__csv="id\n1\n",
+    )
+    cache_file = root.resolve() / "target" / YML_CACHE_FILE
+    plain = _yml_view(load_project(root, partial_parse=False))
+    assert not cache_file.exists()
+    first = load_project(root)
+    assert cache_file.is_file() and _yml_view(first) == plain
+    stamp = cache_file.stat().st_mtime_ns
+    with monkeypatch.context() as patch:
+        _no_parsing(patch)
+        second = load_project(root)
+        assert _yml_view(second) == plain
+        assert cache_file.stat().st_mtime_ns == stamp  # all hits: not rewritten
+        # Cached trees are fresh objects on every load: changing one project's data leaves the next intact.
+        second.models["stg_reviews"].columns["stars"].tests[0]["accepted_values"]["values"].append(6)
+        assert _yml_view(load_project(root)) == plain
+
+    # An edit is seen at once (the key is the file's bytes), with lines as parsed from the new text.
+    write(root, {"models/schema.yml": "version: 2\n\nmodels:\n  - name: other\n    config: {tags: [y]}\n"})
+    edited = load_project(root)
+    assert _yml_view(edited) == _yml_view(load_project(root, partial_parse=False))
+    assert edited.models["other"].yml_line == 4 and edited.models["other"].config["tags"] == ["p", "y"]
+    assert edited.models["stg_reviews"].yml_path is None
+
+
+def test_yml_cache_errors_still_name_file_and_line(tmp_path: Path) -> None:
+    root = project(tmp_path, models__m__sql="", models__p__yml="models:\n  - name: m\n")
+    load_project(root)
+    write(root, {"models/p.yml": "models:\n  - name: m\n  - name: missing\n"})
+    for _ in range(2):  # the second load parses nothing: the cached tree still knows the line
+        with pytest.raises(ConfigError, match="'missing'") as exc:
+            load_project(root)
+        raises_at(exc, root.resolve() / "models/p.yml", 3)
+    write(root, {"models/p.yml": "models:\n  - name: m\n  bad: [\n"})
+    for _ in range(2):  # a file that does not parse is never stored
+        with pytest.raises(ConfigError, match="invalid YAML") as exc:
+            load_project(root)
+        raises_at(exc, root.resolve() / "models/p.yml", 3)
+
+
+def test_yml_cache_corrupt_or_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = project(tmp_path, models__m__sql="", models__p__yml="models:\n  - name: m\n    description: d\n")
+    cache_file = root.resolve() / "target" / YML_CACHE_FILE
+    load_project(root)
+    cache_file.write_bytes(b"not a pickle")
+    assert load_project(root).models["m"].description == "d"
+    assert cache_file.read_bytes() != b"not a pickle"  # rewritten
+    cache_file.unlink()
+    monkeypatch.setenv("BATCHFLOW_PARTIAL_PARSE", "0")
+    assert load_project(root).models["m"].description == "d"
+    assert not cache_file.exists()
+
+
+def _no_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on parsing a property file fails the test (the project file is always parsed)."""
+    parse = yamlio.parse_yaml
+
+    def fail(text: str, path: Path) -> object:
+        if path.name == "batchflow_project.yml":
+            return parse(text, path)
+        raise AssertionError(f"{path} was parsed again")
+
+    monkeypatch.setattr(yamlio, "parse_yaml", fail)
+
+
+def test_parse_cache_matches_load_yaml_including_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.yml"
+    path.write_bytes(b"a: 1\nb:\n  - x\n  - {c: d}\nd: &anchor {e: 1}\nf:\n  <<: *anchor\n  g: 2\r\n")
+    expected = load_yaml(path)
+    cache = ParseCache(tmp_path / "cache.pickle")
+    parsed = cache.load(path)  # a miss: parsed now
+    cache.save()
+    _no_parsing(monkeypatch)
+    cached = ParseCache(tmp_path / "cache.pickle").load(path)  # a hit: from the pickle
+    for data in (parsed, cached):
+        assert data == expected and type(data) is LineDict and type(data["b"]) is LineList
+        assert data.key_lines == expected.key_lines and data["f"].key_lines == expected["f"].key_lines
+        assert data["b"].line == 3 and data["b"][1].key_line("c") == 4
