@@ -10,13 +10,13 @@ import ast
 import difflib
 import hashlib
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from batchflow import __version__
+from batchflow.cachefile import read_cache, write_cache
 from batchflow.errors import BatchflowError, CompileError, ConfigError
 from batchflow.graph import Graph, NodeInfo
 from batchflow.project import (
@@ -381,12 +381,7 @@ class PartialParse:
             self._load()
 
     def _load(self) -> None:
-        try:
-            with open(self.path, "rb") as handle:
-                data = pickle.load(handle)
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, TypeError,
-                ValueError):
-            return
+        data = read_cache(self.path)
         if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT or data.get("code") != _code_fingerprint():
             return
         self.macros_ok = set(data.get("macros_ok", ()))
@@ -450,17 +445,7 @@ class PartialParse:
             "parsed": sorted(self._used_parsed),
             "with_ctes": self._used_ctes,
         }
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path)
-        except OSError:  # a read-only project still compiles
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        write_cache(self.path, data)
 
 
 class Compiler:

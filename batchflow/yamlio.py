@@ -8,7 +8,6 @@ ordinary `dict`/`list` subclasses that also carry the 1-based line of themselves
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from batchflow.cachefile import read_cache, write_cache
 from batchflow.errors import ConfigError
 
 # The C parser is several times faster; only the constructor below runs in Python.
@@ -165,11 +165,7 @@ class ParseCache:
         return cls._fingerprint
 
     def _read(self) -> None:
-        try:
-            with open(self.path, "rb") as handle:  # type: ignore[arg-type]
-                data = pickle.load(handle)
-        except Exception:  # noqa: BLE001 - missing, truncated or foreign: parse as if there were none
-            return
+        data = read_cache(self.path)  # type: ignore[arg-type]
         if (isinstance(data, dict) and data.get("format") == self.FORMAT and data.get("code") == self.fingerprint()
                 and isinstance(data.get("entries"), dict)):
             self._known = data["entries"]
@@ -206,17 +202,7 @@ class ParseCache:
         if self.path is None or (not self._dirty and len(self._used) == len(self._known)):
             return
         data = {"format": self.FORMAT, "code": self.fingerprint(), "entries": self._used}
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path)
-        except OSError:  # a read-only project still loads
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        write_cache(self.path, data)
 
 
 def line_of(obj: Any, key: Any = None) -> int | None:
