@@ -41,6 +41,7 @@ def open_backend(target: Target, warehouse: Warehouse) -> BatchBackend:
             make_provider(config),
             concurrency=int(config.get("concurrency", 4)),
             chunk_size=int(config.get("chunk_size", 5_000)),
+            processes=int(config.get("processes", 0)),
         )
     if backend == "vertex":
         return _vertex_backend(target, config)

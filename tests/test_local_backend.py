@@ -286,3 +286,160 @@ def test_large_job_streams_with_bounded_memory(wh):
     ).to_pylist()[0]
     assert counts == {"n": n, "ok": status.successful, "missing": status.failed}
     assert 100 < status.failed < 400
+
+
+# -- worker processes (CPU-bound providers) ------------------------------------------------------
+
+
+class ExplodingProvider:
+    """A CPU-bound provider whose `generate` raises (in the worker process)."""
+
+    name = "exploding"
+    cpu_bound = True
+
+    def generate(self, model, requests):
+        raise RuntimeError("worker exploded")
+
+
+class CrashingProvider:
+    """Answers like the mock, but a request mentioning `crash` kills the worker process."""
+
+    name = "crashing"
+    cpu_bound = True
+
+    def __init__(self):
+        self.inner = MockProvider({})
+
+    def generate(self, model, requests):
+        if any("crash" in json.dumps(r) for r in requests):
+            import os
+
+            os._exit(3)
+        return self.inner.generate(model, requests)
+
+
+def output_text(wh, rel: str):
+    """Every output column as text (JSON columns byte for byte), minus processed_time."""
+    return wh.query_arrow(
+        f"select id, note, request_hash, cast(request as string) as request, cast(response as string) as response, "
+        f"status from `main`.`{rel}` order by id"
+    ).to_pylist()
+
+
+def test_process_pool_output_is_byte_identical_to_threads(wh):
+    make_input(wh, "inp", 600, prompt_sql="concat('Review number ', cast(i as string), if(mod(i, 7) = 0, ' banana', ''))")
+    wh.execute("""insert into `main`.`inp` (id, note, request)
+                  select 601, 'null request', null union all
+                  select 602, 'no contents', parse_json('{"nope": 1}')""")
+    config = {"failures": [{"when_prompt_contains": "banana", "outcome": "recitation"},
+                           {"every": 9, "outcome": "transient_error"}]}
+    threads = LocalBackend(wh, MockProvider(config), concurrency=3, chunk_size=50, processes=0)
+    processes = LocalBackend(wh, MockProvider(config), concurrency=3, chunk_size=50, processes=2, process_min_rows=0)
+    mixed = LocalBackend(wh, MockProvider(config), concurrency=3, chunk_size=50, processes=2, process_min_rows=0)
+    try:
+        processes._warm_processes().result(timeout=120)  # every chunk in a worker process
+        c = wait(mixed, mixed.submit(spec(wh, out="out_mixed")).name)  # threads until a worker is up
+        a = wait(threads, threads.submit(spec(wh, out="out_threads")).name)
+        b = wait(processes, processes.submit(spec(wh, out="out_processes")).name)
+        assert processes._processes is not None and threads._processes is None  # each took its path
+    finally:
+        processes.close()
+        mixed.close()
+    assert a.state is b.state is c.state is JobState.SUCCEEDED
+    assert (a.successful, a.failed) == (b.successful, b.failed) == (c.successful, c.failed) and 0 < a.failed < 602
+    assert output_text(wh, "out_threads") == output_text(wh, "out_processes") == output_text(wh, "out_mixed")
+    out = {r["id"]: r for r in output_text(wh, "out_processes")}
+    assert out[601]["response"] is None and "NULL" in out[601]["status"]
+    assert out[602]["response"] is None and out[602]["status"].startswith("Bad Request: ")
+    assert json.loads(out[7]["response"])["candidates"][0]["finishReason"] == "RECITATION"
+    # the mock through the process path answers as MockProvider.generate does, byte for byte
+    inp = [r for r in rows(wh, "inp") if r["id"] <= 600]
+    expected = MockProvider(config).generate(MODEL, [json.loads(r["request"]) for r in inp])
+    assert [out[r["id"]]["response"] for r in inp] == [e.response_text() for e in expected]
+    assert [out[r["id"]]["status"] for r in inp] == [e.status for e in expected]
+
+
+def test_provider_exception_in_a_worker_process_fails_rows_with_500(wh):
+    make_input(wh, "inp", 40)
+    wh.execute("insert into `main`.`inp` (id, note, request) select 41, 'null request', null")
+    backend = LocalBackend(wh, ExplodingProvider(), chunk_size=10, processes=1, process_min_rows=0)
+    try:
+        backend._warm_processes().result(timeout=120)
+        status = wait(backend, backend.submit(spec(wh)).name)
+        assert backend._processes is not None
+    finally:
+        backend.close()
+    assert status.state is JobState.SUCCEEDED and (status.successful, status.failed) == (0, 41)
+    out = rows(wh, "out")
+    assert all(r["response"] is None for r in out)
+    assert all(r["status"].startswith("Internal Server Error: ") and "worker exploded" in r["status"]
+               for r in out if r["id"] <= 40)
+    assert out[-1]["status"].startswith("Bad Request: ") and "NULL" in out[-1]["status"]
+
+
+def test_a_dead_worker_process_fails_its_chunk_not_the_job(wh):
+    make_input(wh, "inp", 30, prompt_sql="if(i = 15, 'please crash', concat('Review number ', cast(i as string)))")
+    backend = LocalBackend(wh, CrashingProvider(), concurrency=1, chunk_size=10, processes=1, process_min_rows=0)
+    try:
+        backend._warm_processes().result(timeout=120)  # the crash must happen in a worker, not in pytest
+        status = wait(backend, backend.submit(spec(wh)).name)
+        assert status.state is JobState.SUCCEEDED and (status.successful, status.failed) == (20, 10)
+        out = rows(wh, "out")
+        assert [r["id"] for r in out if r["status"]] == list(range(11, 21))
+        assert all("worker process failed" in r["status"] and r["response"] is None for r in out if r["status"])
+        # the backend starts new workers: the next job is answered
+        make_input(wh, "inp2", 10)
+        again = wait(backend, backend.submit(spec(wh, inp="inp2", out="out2")).name)
+        assert again.state is JobState.SUCCEEDED and again.successful == 10
+    finally:
+        backend.close()
+
+
+def test_processes_only_for_big_jobs_of_cpu_bound_providers(wh):
+    make_input(wh, "inp", 12)
+    default = LocalBackend(wh, MockProvider({}), processes=2)
+    assert default.process_min_rows == LocalBackend.PROCESS_MIN_ROWS > 12
+    wait(default, default.submit(spec(wh)).name)
+    assert default._processes is None  # a small job stays on threads
+    assert not MockProvider({"failures": [{"every": 2, "limit": 1, "outcome": "row_error"}]}).cpu_bound
+    assert MockProvider({"failures": [{"every": 2, "outcome": "row_error"}]}).cpu_bound
+    gated = LocalBackend(wh, GatedProvider(), processes=2, process_min_rows=0)
+    gated.provider.gate.release(100)
+    wait(gated, gated.submit(spec(wh, out="out2")).name)
+    assert gated._processes is None  # not declared cpu_bound: threads
+    with pytest.raises(ValueError):
+        LocalBackend(wh, MockProvider({}), processes=-1)
+
+
+def test_profiles_batch_block_sets_the_executor(wh):
+    """`processes` is opt-in from profiles.yml; chunking and concurrency come from the same block."""
+    from batchflow.adapters import open_backend
+    from batchflow.project import Target
+
+    def backend(**batch):
+        return open_backend(Target("local", "p", "duckdb", "main", batch={"backend": "local", **batch}), wh)
+
+    default = backend()
+    assert (default.processes, default.concurrency, default.chunk_size) == (0, 4, 5_000)
+    assert isinstance(default.provider, MockProvider)
+    tuned = backend(processes=2, concurrency=3, chunk_size=100)
+    assert (tuned.processes, tuned.concurrency, tuned.chunk_size) == (2, 3, 100)
+
+
+class UnpicklableProvider(MockProvider):
+    """Declares cpu_bound but cannot be copied into a worker process."""
+
+    def __init__(self):
+        super().__init__({})
+        self.lock = threading.Lock()
+
+    def __getstate__(self):
+        raise TypeError("cannot pickle this provider")
+
+
+def test_workers_that_cannot_start_leave_the_job_on_threads(wh):
+    make_input(wh, "inp", 20)
+    backend = LocalBackend(wh, UnpicklableProvider(), chunk_size=5, processes=2, process_min_rows=0)
+    status = wait(backend, backend.submit(spec(wh)).name)
+    assert status.state is JobState.SUCCEEDED and status.successful == 20
+    assert backend.processes == 0 and backend._processes is None

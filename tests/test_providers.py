@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import random
 import re
 import socket
 import threading
@@ -11,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from batchflow.batch.providers import Provider, ProviderResult, make_provider
-from batchflow.batch.providers.base import error_status
+from batchflow.batch.providers import mock as mock_module
+from batchflow.batch.providers.base import error_status, generate_json, parse_request, row_error
 from batchflow.batch.providers.mock import MockProvider, model_version
 from batchflow.batch.providers.openai import OpenAIProvider, to_chat_request, to_json_schema
 from batchflow.errors import ConfigError
@@ -221,6 +224,163 @@ def test_mock_traffic_type_and_legacy_parts():
     [r] = MockProvider({"traffic_type": "BATCH"}).generate(MODEL, [legacy])
     assert r.ok and r.response["usageMetadata"]["trafficType"] == "BATCH"
     assert "banana bread" in r.response["candidates"][0]["content"]["parts"][0]["text"]
+
+
+def mixed_requests() -> list:
+    """Requests exercising every branch of the mock: modes, schemas, failures, invalid rows."""
+    schema_gc = {"responseMimeType": "application/json", "responseSchema": SCHEMA, "maxOutputTokens": 30}
+    return [
+        req("Classify the sentiment of: I love this blender"),
+        req("Rate this", generationConfig={"responseMimeType": "application/json"}),
+        *[req(f"review {i}", generationConfig=schema_gc) for i in range(20)],
+        *[req(f"review {i}", generation_config={"response_mime_type": "application/json",
+                                                "response_schema": SCHEMA}) for i in range(5)],
+        req("x", generationConfig={"responseMimeType": "application/json", "responseJsonSchema":
+                                   {"type": "array", "items": {"type": "string", "format": "date"}}}),
+        req("tell me everything about the sea", generationConfig={"maxOutputTokens": 2}),
+        req("banana bread"), req("poison"), req("forbidden"), req("long essay please"), req("broken"), req("busy"),
+        req("ünïcödé \"quotes\" \\ and\nnewlines", systemInstruction={"parts": [{"text": "Be brief."}]}),
+        {"contents": [{"role": "user", "parts": {"text": "legacy part"}}], "system_instruction": "a plain string"},
+        {"contents": [{"role": "system", "parts": [{"text": "x"}]}]},
+        {"nope": 1},
+        {"contents": []},
+        req("schema is odd", generationConfig={"responseMimeType": "application/json",
+                                               "responseSchema": {"enum": "abc"}}),
+    ]
+
+
+FAILURES = {"failures": [
+    {"when_prompt_contains": "banana", "outcome": "recitation"},
+    {"when_prompt_contains": "poison", "outcome": "safety"},
+    {"when_prompt_contains": "forbidden", "outcome": "prompt_blocked"},
+    {"when_prompt_contains": "essay", "outcome": "max_tokens"},
+    {"when_prompt_contains": "broken", "outcome": "row_error"},
+    {"when_prompt_contains": "busy", "outcome": "transient_error"},
+    {"every": 11, "outcome": "transient_error"},
+]}
+
+
+def test_mock_generate_json_answers_byte_for_byte_as_generate():
+    requests = mixed_requests()
+    expected = MockProvider(FAILURES).generate(MODEL, requests)
+    texts = [json.dumps(r, ensure_ascii=False, indent=1) for r in requests]  # any spelling of the same JSON
+    texts += [None, "{not json", "[1, 2]", '{"contents": [{"role": "user", "parts": [{"text": "nan"}]}], "x": NaN}']
+    provider = MockProvider(FAILURES)
+    for _ in range(2):  # a second pass answers from the cached per-generationConfig plans
+        responses, statuses = provider.generate_json(MODEL, texts)
+        assert responses[: len(requests)] == [e.response_text() for e in expected]
+        assert statuses[: len(requests)] == [e.status for e in expected]
+    assert sum(1 for s in statuses if s) >= 8 and all(r is None for r, s in zip(responses, statuses) if s)
+    null, bad, array, nan = statuses[len(requests):]
+    assert null == parse_request(None)[1] and "NULL" in rpc(null)["message"] and rpc(null)["code"] == 400
+    assert rpc(bad)["message"].startswith("Invalid JSON payload received. Expecting property name")
+    assert rpc(array)["message"] == "Invalid JSON payload received. Request is not a JSON object."
+    # text json accepts and orjson refuses (NaN) is still read, as json.loads reads it
+    assert nan == "" and responses[-1] == MockProvider(FAILURES).generate(MODEL, [json.loads(texts[-1])])[0].response_text()
+
+
+def test_parse_request():
+    assert parse_request('{"a": 1}') == ({"a": 1}, "")
+    assert parse_request(b'{"a": [1.5, "\\u00e9"]}') == ({"a": [1.5, "é"]}, "")
+    assert parse_request(None)[0] is None and re.match(STATUS_RE, parse_request(None)[1])
+    request, status = parse_request("[1]")
+    assert request is None and rpc(status)["code"] == 400
+    request, status = parse_request("{")
+    assert request is None and rpc(status)["status"] == "INVALID_ARGUMENT" and re.match(STATUS_RE, status)
+
+
+def random_schema(r: random.Random, depth: int = 0):
+    """Schemas of every shape `_value` handles, odd ones included (bad bounds, enums that are strings,
+    duplicate orderings, NaN, non-dict items, deep nesting)."""
+    kinds = ["OBJECT", "ARRAY", "STRING", "INTEGER", "NUMBER", "BOOLEAN", "NULL", "string", "object", None,
+             "enum", "const", "anyOf", "date", "date-time", "typed-list", "not-a-dict"]
+    kind = r.choice(kinds if depth < 5 else kinds[2:])
+    if kind == "not-a-dict":
+        return r.choice(["x", 3, ["a"], None, True])
+    if kind == "enum":
+        return {"enum": r.choice([["a", 'b"q', "ü"], [1, 2.5, None, True, {"x": [1]}], "abc", [float("nan")], []])}
+    if kind == "const":
+        return {"const": r.choice(["c", 1, {"a": [1, 2]}, None])}
+    if kind == "anyOf":
+        return {r.choice(["anyOf", "any_of", "oneOf"]): [r.choice([{"type": "NULL"}, random_schema(r, depth + 1)])
+                                                           for _ in range(r.randint(1, 3))]}
+    if kind in ("date", "date-time"):
+        return {"type": "STRING", "format": kind}
+    if kind == "typed-list":
+        return {"type": r.choice([["null", "integer"], ["null"], "DATE", ""]), "minimum": r.choice([None, "3", 2.7, -5])}
+    schema: dict = {"type": kind} if kind else {}
+    if kind in ("OBJECT", "object", None) and r.random() < 0.8:
+        props = {f'k{i}"\\é': random_schema(r, depth + 1) for i in range(r.randint(0, 4))}
+        schema["properties"] = props
+        if r.random() < 0.5:
+            order = list(props)[::-1][:2] + r.choice([[], ["missing"], [3], list(props)[:1]])
+            schema[r.choice(["propertyOrdering", "property_ordering"])] = order
+    if kind == "ARRAY":
+        if r.random() < 0.8:
+            schema["items"] = random_schema(r, depth + 1)
+        if r.random() < 0.5:
+            schema[r.choice(["minItems", "min_items"])] = r.choice([0, 1, 2, -1, "2", None, 5])
+        if r.random() < 0.5:
+            schema[r.choice(["maxItems", "max_items"])] = r.choice([0, 1, 4, 10])
+    if kind in ("INTEGER", "NUMBER"):
+        if r.random() < 0.5:
+            schema["minimum"] = r.choice([0, -10, 3.5, 1e308, "x", 1e200, float("inf")])
+        if r.random() < 0.5:
+            schema["maximum"] = r.choice([0, 10, 2.5, 1e308, -1e308])
+    return schema
+
+
+def test_mock_compiled_schema_writer_equals_the_reference_walk():
+    """The compiled per-schema writer gives `_value` + `_dump_answer`'s text (or error) for every seed."""
+    r = random.Random(20261122)
+    schemas = [SCHEMA, {"type": "OBJECT", "properties": {"sentiment": {"type": "STRING", "enum": ["a", "b"]}}}]
+    schemas += [random_schema(r) for _ in range(1500)]
+    deep = {"type": "STRING"}
+    for _ in range(12):
+        deep = {"type": "ARRAY", "items": {"type": "OBJECT", "properties": {"a": deep}}}
+    schemas.append(deep)
+    compiled_count = 0
+    for schema in schemas:
+        fast, reference = mock_module._compiled(schema), mock_module._walker(schema)
+        compiled_count += getattr(fast, "__name__", "") == "write"
+        for seed in (0, 1, 2**63 + 12345, 987654321987654321, 2**64 - 1):
+            try:
+                got = ("ok", fast(seed))
+            except Exception as exc:  # noqa: BLE001
+                got = ("error", type(exc).__name__, str(exc))
+            try:
+                want = ("ok", reference(seed))
+            except Exception as exc:  # noqa: BLE001
+                want = ("error", type(exc).__name__, str(exc))
+            assert got == want, (schema, seed)
+    assert compiled_count > len(schemas) * 0.8  # most shapes take the fast path
+
+
+def test_mock_copies_answer_alike_and_cpu_bound():
+    provider = MockProvider(FAILURES)
+    requests = mixed_requests()
+    provider.generate_json(MODEL, [json.dumps(r) for r in requests])  # fills the plan cache
+    copy = pickle.loads(pickle.dumps(provider))  # what a worker process receives
+    assert [x.response_text() for x in copy.generate(MODEL, requests)] == \
+           [x.response_text() for x in provider.generate(MODEL, requests)]
+    assert provider.cpu_bound
+    limited = MockProvider({"failures": [{"when_prompt_contains": "b", "limit": 2, "outcome": "transient_error"}]})
+    assert not limited.cpu_bound  # the limit is counted by one provider: no copies
+    assert pickle.loads(pickle.dumps(limited)).rules[0].limit == 2
+
+
+def test_generic_generate_json_for_providers_without_one():
+    class Echo:
+        name = "echo"
+
+        def generate(self, model, requests):
+            return [ProviderResult({"n": len(r["contents"])}) if r.get("contents") else row_error(400, "no contents")
+                    for r in requests]
+
+    responses, statuses = generate_json(Echo(), MODEL, ['{"contents": [1, 2]}', None, '{"x": 1}', "nope"])
+    assert responses == ['{"n":2}', None, None, None]
+    assert statuses[0] == "" and "NULL" in statuses[1] and "no contents" in statuses[2]
+    assert statuses[3].startswith("Bad Request: ") and "Invalid JSON payload" in statuses[3]
 
 
 def test_error_status_format():

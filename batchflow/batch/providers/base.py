@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
+import orjson
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_orjson_loads = orjson.loads
+_json_loads = json.loads
 
 
 class ProviderResult:
@@ -58,7 +61,20 @@ class ProviderResult:
 
 
 class Provider(Protocol):
-    """Answers batches of requests. Never raises for one bad row: it returns a row error instead."""
+    """Answers batches of requests. Never raises for one bad row: it returns a row error instead.
+
+    Two optional extras the local executor looks for (duck-typed, so a provider needs neither):
+
+    - ``generate_json(model, texts) -> (responses, statuses)``: the same answers as `generate`, but
+      from the `request` column's JSON text (None for NULL) to columns: ``responses[i]`` the response
+      as compact JSON text (None for a failed row), ``statuses[i]`` its status ("" on success). Rows
+      that are not JSON objects get `parse_request`'s 400 status. The mock has it: parsing, answering
+      and dropping each row in turn keeps a million-row job from building a chunk of request dicts.
+    - ``cpu_bound = True``: answers cost CPU only (no network, no shared state across calls). The
+      executor then answers on one thread (more add no CPU under the GIL, only switching) and, where
+      CPUs are to spare, answers big jobs in worker processes, each holding a pickled copy of the
+      provider. Only declare it when a copy answers exactly as the original.
+    """
 
     name: str
 
@@ -114,6 +130,66 @@ def error_status(code: int, message: str, status: str | None = None) -> str:
 def row_error(code: int, message: str, status: str | None = None) -> ProviderResult:
     """A failed row: no response, Vertex status text."""
     return ProviderResult(None, error_status(code, message, status))
+
+
+NULL_REQUEST = error_status(400, "Request is empty (NULL).", "INVALID_ARGUMENT")
+NOT_AN_OBJECT = error_status(400, "Invalid JSON payload received. Request is not a JSON object.")
+
+
+def loads_request(text: str | bytes) -> Any:
+    """Parse one `request` value: orjson (4-5x faster than json), falling back to json for what orjson
+    refuses and json accepts (NaN, Infinity, 1e999, lone surrogates), so the same texts parse as
+    before. Integers beyond 64 bits become floats, as orjson (and Vertex's proto JSON) reads them.
+    Raises ValueError with json's message for text that is not JSON."""
+    try:
+        return _orjson_loads(text)
+    except ValueError:
+        return _json_loads(text)
+
+
+def parse_request(text: str | bytes | None) -> tuple[dict | None, str]:
+    """A `request` column value → ``(request, "")``, or ``(None, status)`` with Vertex's 400 row status
+    for NULL, text that is not JSON, and JSON that is not an object."""
+    if text is None:
+        return None, NULL_REQUEST
+    try:
+        request = loads_request(text)
+    except ValueError as exc:
+        return None, error_status(400, f"Invalid JSON payload received. {exc}", "INVALID_ARGUMENT")
+    if type(request) is not dict:
+        return None, NOT_AN_OBJECT
+    return request, ""
+
+
+def generate_json(provider: Provider, model: str, texts: Sequence[str | bytes | None]) -> tuple[list, list[str]]:
+    """``provider.generate`` over request texts, as columns (see `Provider`): the generic form of
+    `generate_json` for providers without their own. May raise what `generate` raises."""
+    n = len(texts)
+    responses: list[str | None] = [None] * n
+    statuses: list[str] = [""] * n
+    requests: list[dict] = []
+    positions: list[int] = []
+    for i, text in enumerate(texts):
+        request, status = parse_request(text)
+        if status:
+            statuses[i] = status
+        else:
+            requests.append(request)
+            positions.append(i)
+    if requests:
+        results = provider.generate(model, requests)
+        if len(results) != len(requests):
+            raise RuntimeError(f"returned {len(results)} results for {len(requests)} requests")
+        for i, result in zip(positions, results):
+            if result.status:
+                statuses[i] = result.status
+            else:
+                text = result.response_text()
+                if text is None:
+                    statuses[i] = error_status(500, "provider returned neither a response nor an error")
+                else:
+                    responses[i] = text
+    return responses, statuses
 
 
 def as_list(value: Any) -> list:

@@ -1,9 +1,12 @@
 """A deterministic, fast stand-in for Gemini: same request + model → byte-identical response.
 
 Answers are modern `GenerateContentResponse` objects (contract §2.3). Every choice (answer words,
-JSON values, scores, ids, timestamps) derives from the digest of the request hash input
-(``canonical_json(request) + "\\n" + model``, see `batchflow.requests.request_hash`), never from
-the row's position in a batch or from the clock.
+JSON values, scores, ids, timestamps) derives from the row's request hash
+(`batchflow.requests.request_hash(request, model)`: SHA-256 of ``canonical_json(request) + "\\n" +
+model``, the digest the lifecycle keys answers by), never from the row's position in a batch or from
+the clock. `generate` (request dicts) and `generate_json` (request JSON text, what the local executor
+sends) give byte-identical answers, as do copies of the provider in worker processes (`cpu_bound`;
+not with a `limit` rule, whose count is the provider's own).
 
 Modes
 - JSON mode (`generationConfig.responseMimeType == "application/json"`, snake case accepted):
@@ -33,17 +36,27 @@ TrafficType enum has no BATCH value).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
-from batchflow.batch.providers.base import ProviderResult, error_status, row_error, system_text
+import orjson
+
+from batchflow.batch.providers.base import (
+    NOT_AN_OBJECT,
+    ProviderResult,
+    _dumps,
+    error_status,
+    parse_request,
+    row_error,
+    system_text,
+)
 from batchflow.errors import ConfigError
-from batchflow.requests import canonical_json as _canonical, request_problem
+from batchflow.requests import request_hash, request_problem
 
 OUTCOMES = ("recitation", "safety", "prompt_blocked", "max_tokens", "row_error", "transient_error")
+_BLOCKED = ("prompt_blocked", "recitation", "safety")
 
 _c_answer = json.encoder.c_make_encoder(  # built once: json.dumps rebuilds it on every call
     None, lambda o: str(o), json.encoder.encode_basestring, None, ": ", ", ", False, False, False
@@ -55,7 +68,11 @@ def _dump_answer(value: Any) -> str:
     if _c_answer is None or isinstance(value, str):  # pragma: no cover - pure-Python json
         return json.dumps(value, ensure_ascii=False)
     return "".join(_c_answer(value, 0))
-_sha256 = hashlib.sha256
+
+
+_orjson_loads = orjson.loads
+_orjson_dumps = orjson.dumps
+_MAX_PLANS = 256  # distinct generationConfigs whose answer plan is kept
 
 _CATEGORIES = (
     "HARM_CATEGORY_HATE_SPEECH",
@@ -112,6 +129,15 @@ class FailureRule:
             raise ConfigError(f"{where}: when_model must be a string")
         return cls(outcome=outcome, prompt_contains=contains, model=model, every=every, limit=limit)
 
+    def __getstate__(self) -> dict:  # picklable (worker processes): a fresh lock on the other side
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def matches(self, prompt: str, model: str, h: int) -> bool:
         if self.prompt_contains is not None and self.prompt_contains not in prompt:
             return False
@@ -163,29 +189,92 @@ class MockProvider:
         self.traffic_type = str(config.get("traffic_type", "ON_DEMAND"))
         self._traffic_json = json.dumps(self.traffic_type)
         self._versions: dict[str, str] = {}
+        self._plans: dict[bytes, tuple] = {}
+
+    @property
+    def cpu_bound(self) -> bool:
+        """Answers cost CPU only, so the local executor may run copies in worker processes; not with
+        a `limit` rule, whose count belongs to this one provider."""
+        return all(rule.limit is None for rule in self.rules)
+
+    def __getstate__(self) -> dict:  # worker processes get a copy without the (closure) caches
+        state = dict(self.__dict__)
+        state["_plans"] = {}
+        return state
 
     # -- protocol ------------------------------------------------------------------------------
     def generate(self, model: str, requests: list[dict]) -> list[ProviderResult]:
-        version = self._versions.get(model)
-        if version is None:
-            version = self._versions[model] = model_version(model)
+        version = self._version(model)
         answer = self._answer
         out = []
         append = out.append
         for req in requests:
             try:
-                append(answer(model, version, req))
+                text, status = answer(model, version, req, None)
             except Exception as exc:  # a provider never raises for one row
                 append(row_error(400, f"Invalid request: {type(exc).__name__}: {exc}"))
+                continue
+            append(ProviderResult(None, status) if status else ProviderResult(text=text))
         return out
 
+    def generate_json(self, model: str, texts: Sequence[str | bytes | None]) -> tuple[list, list[str]]:
+        """`generate` on the `request` column's JSON text, answered row by row (see `Provider`)."""
+        version = self._version(model)
+        answer = self._answer
+        plans = self._plans
+        n = len(texts)
+        responses: list[str | None] = [None] * n
+        statuses: list[str] = [""] * n
+        for i, raw in enumerate(texts):
+            try:
+                req = _orjson_loads(raw)  # pure JSON values: the answer plans may be cached by their text
+                cache = plans
+            except (ValueError, TypeError):
+                req, status = parse_request(raw)  # NULL, json-only texts (NaN, ...) and the 400s
+                if status:
+                    statuses[i] = status
+                    continue
+                cache = None
+            if type(req) is not dict:
+                statuses[i] = NOT_AN_OBJECT
+                continue
+            try:
+                text, status = answer(model, version, req, cache)
+            except Exception as exc:  # a provider never raises for one row
+                statuses[i] = error_status(400, f"Invalid request: {type(exc).__name__}: {exc}")
+                continue
+            if status:
+                statuses[i] = status
+            else:
+                responses[i] = text
+        return responses, statuses
+
+    def _version(self, model: str) -> str:
+        version = self._versions.get(model)
+        if version is None:
+            version = self._versions[model] = model_version(model)
+        return version
+
     # -- one row ---------------------------------------------------------------------------------
-    def _answer(self, model: str, version: str, req: dict) -> ProviderResult:
+    def _answer(self, model: str, version: str, req: dict, plans: dict | None) -> tuple[str | None, str]:
+        """(response JSON text, "") or (None, row status). `plans` caches what `generationConfig`
+        implies, keyed by its orjson text: only for requests made of pure JSON values."""
         # Collect the prompt text and validate in one walk (request_problem words the error).
         contents = req.get("contents") if type(req) is dict else None
         texts: list[str] = []
         bad = type(contents) is not list or not contents
-        if not bad:
+        if (  # the usual one user turn with one text part
+            not bad
+            and len(contents) == 1
+            and type(content := contents[0]) is dict
+            and content.get("role") in _ROLES
+            and type(parts := content.get("parts")) is list
+            and len(parts) == 1
+            and type(part := parts[0]) is dict
+            and type(t := part.get("text")) is str
+        ):
+            texts.append(t)
+        elif not bad:
             for content in contents:
                 if type(content) is not dict or content.get("role") not in _ROLES:
                     bad = True
@@ -202,10 +291,10 @@ class MockProvider:
                         if type(t) is str:
                             texts.append(t)
         if bad:
-            return row_error(400, request_problem(req) or "Request contains an invalid argument.")
+            return None, error_status(400, request_problem(req) or "Request contains an invalid argument.")
 
-        digest = _sha256((_canonical(req) + "\n" + model).encode()).digest()
-        h = int.from_bytes(digest[:8], "big")
+        hex_digest = request_hash(req, model)
+        h = int(hex_digest[:16], 16)
         prompt = "\n".join(texts)
 
         outcome = None
@@ -214,37 +303,52 @@ class MockProvider:
                 outcome = rule.outcome
                 break
         if outcome == "row_error":
-            return ProviderResult(None, _ROW_ERROR)
+            return None, _ROW_ERROR
         if outcome == "transient_error":
-            return ProviderResult(None, _TRANSIENT)
+            return None, _TRANSIENT
 
         si = req.get("systemInstruction") or req.get("system_instruction")
-        prompt_tokens = (len(prompt) + (len(system_text(req)) if si else 0)) // 4 + 1
-        create_time = f"{_TIMES[(h >> 24) % _NTIMES]}.{h % 1000000:06d}Z"
-        response_id = digest.hex()[16:40]
+        if not si:
+            si_chars = 0
+        elif (  # the usual {"parts": [{"text": ...}]}, measured without building the text again
+            type(si) is dict
+            and type(parts := si.get("parts")) is list
+            and len(parts) == 1
+            and type(part := parts[0]) is dict
+            and type(si_text := part.get("text")) is str
+        ):
+            si_chars = len(si_text)
+        else:
+            si_chars = len(system_text(req))
+        prompt_tokens = (len(prompt) + si_chars) // 4 + 1
 
-        if outcome in ("prompt_blocked", "recitation", "safety"):
-            return ProviderResult(self._blocked(outcome, h, prompt_tokens, version, create_time, response_id))
+        if outcome is not None and outcome in _BLOCKED:
+            create_time = f"{_TIMES[(h >> 24) % _NTIMES]}.{h % 1000000:06d}Z"
+            return _dumps(self._blocked(outcome, h, prompt_tokens, version, create_time, hex_digest[16:40])), ""
 
         gc = req.get("generationConfig") or req.get("generation_config") or _EMPTY
-        if gc is not _EMPTY and (gc.get("responseMimeType") or gc.get("response_mime_type")) == "application/json":
-            schema = (
-                gc.get("responseSchema")
-                or gc.get("response_schema")
-                or gc.get("responseJsonSchema")
-                or gc.get("response_json_schema")
-            )
-            if schema:
-                value = _value(schema, _Rng(h), "value", 0)
+        if plans is not None and type(gc) is dict:
+            key = _orjson_dumps(gc)
+            plan = plans.get(key)
+            if plan is None:
+                if len(plans) >= _MAX_PLANS:
+                    plans.clear()
+                plan = plans[key] = _plan(gc, True)
+        else:
+            plan = _plan(gc, False)
+        json_mode, emit, max_out = plan
+        if json_mode:
+            if emit is not None:
+                text = emit(h)
             else:
-                value = {"answer": _snippet(texts, 6), "label": _LABELS[h % 4], "score": (h >> 8) % 100 / 100}
-            text = _dump_answer(value)
+                text = _dump_answer(
+                    {"answer": _snippet(texts, 6), "label": _LABELS[h % 4], "score": (h >> 8) % 100 / 100}
+                )
         else:
             text = f"Mock answer {h % 10000}: {_snippet(texts, 12)}"
 
         finish = "STOP"
         cand_tokens = len(text) // 4 + 1
-        max_out = (gc.get("maxOutputTokens") or gc.get("max_output_tokens")) if gc is not _EMPTY else None
         if outcome == "max_tokens":
             text = text[: max(1, len(text) // 2)]
             finish = "MAX_TOKENS"
@@ -255,16 +359,15 @@ class MockProvider:
             cand_tokens = max_out
 
         ratings = _RATINGS_JSON[(h >> 20) % _NRATINGS]
-        return ProviderResult(
-            text=(
-                f'{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{_encode_str(text)}}}]}},'
-                f'"finishReason":"{finish}","avgLogprobs":{_LOGPROBS[(h >> 12) % _NLOGPROBS]},'
-                f'"safetyRatings":{ratings}}}],'
-                f'"usageMetadata":{{"promptTokenCount":{prompt_tokens},"candidatesTokenCount":{cand_tokens},'
-                f'"totalTokenCount":{prompt_tokens + cand_tokens},"trafficType":{self._traffic_json}}},'
-                f'"modelVersion":{_encode_str(version)},"createTime":"{create_time}","responseId":"{response_id}"}}'
-            )
-        )
+        return (
+            f'{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{_encode_str(text)}}}]}},'
+            f'"finishReason":"{finish}","avgLogprobs":{_LOGPROBS[(h >> 12) % _NLOGPROBS]},'
+            f'"safetyRatings":{ratings}}}],'
+            f'"usageMetadata":{{"promptTokenCount":{prompt_tokens},"candidatesTokenCount":{cand_tokens},'
+            f'"totalTokenCount":{prompt_tokens + cand_tokens},"trafficType":{self._traffic_json}}},'
+            f'"modelVersion":{_encode_str(version)},"createTime":"{_TIMES[(h >> 24) % _NTIMES]}.{h % 1000000:06d}Z",'
+            f'"responseId":"{hex_digest[16:40]}"}}'
+        ), ""
 
     def _blocked(self, outcome: str, h: int, prompt_tokens: int, version: str, create_time: str, rid: str) -> dict:
         head = {"modelVersion": version, "createTime": create_time, "responseId": rid}
@@ -413,6 +516,210 @@ def _value(schema: Any, rng: _Rng, name: str, depth: int) -> Any:
     if fmt == "date":
         return f"2025-{r % 12 + 1:02d}-{r % 28 + 1:02d}"
     return f"{name} {r % 1000}"
+
+
+def _plan(gc: Any, compiled: bool) -> tuple[bool, Any, Any]:
+    """What `generationConfig` implies: (JSON mode, the schema answer's writer or None, maxOutputTokens).
+
+    The writer takes the row's seed (the request hash's first 64 bits) and returns the answer text.
+    `compiled` writers are generated once per schema (`_compiled`, for cached plans); otherwise the
+    writer walks the schema each time (`_walker`)."""
+    json_mode = gc is not _EMPTY and (gc.get("responseMimeType") or gc.get("response_mime_type")) == "application/json"
+    emit = None
+    if json_mode:
+        schema = (
+            gc.get("responseSchema")
+            or gc.get("response_schema")
+            or gc.get("responseJsonSchema")
+            or gc.get("response_json_schema")
+        )
+        if schema:
+            emit = _compiled(schema) if compiled else _walker(schema)
+    max_out = (gc.get("maxOutputTokens") or gc.get("max_output_tokens")) if gc is not _EMPTY else None
+    return json_mode, emit, max_out
+
+
+def _walker(schema: Any) -> Callable[[int], str]:
+    """The reference writer: `_value`'s answer for the row seed, dumped."""
+    return lambda seed: _dump_answer(_value(schema, _Rng(seed), "value", 0))
+
+
+class _Unsupported(Exception):
+    """A schema shape the compiled writer leaves to the reference writer."""
+
+
+def _compiled(schema: Any) -> Callable[[int], str]:
+    """A writer giving exactly `_walker(schema)`'s text, for a fraction of its cost: the schema is
+    walked once, here, into a small Python function that draws the same `_Rng` numbers in the same
+    order and writes the answer's JSON text straight from precomputed pieces (no value built and
+    dumped per row). Shapes it does not mirror exactly, and any error, fall back to `_walker`."""
+    try:
+        code = _Code()
+        _gen(code, schema, "value", 0)
+        source = code.source()
+        namespace = {"C": tuple(code.constants), "_date_time": _date_time, "_date": _date}
+        exec(compile(source, "<mock answer writer>", "exec"), namespace)  # noqa: S102 - our own code
+        return namespace["write"]
+    except Exception:  # noqa: BLE001 - RecursionError, SyntaxError (too deep) included
+        return _walker(schema)
+
+
+_DRAW = "s = (s * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF"  # = _Rng.__call__
+
+
+class _Code:
+    """Source of ``def write(s): o = ""; ...; return o``, appending the answer text to `o`.
+    Literal text goes through `constants` (never spliced into the source) and is merged with its
+    neighbours."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.constants: list[Any] = []
+        self.pending = ""
+        self.depth = 1
+        self.loops = 0
+
+    def constant(self, value: Any) -> str:
+        self.constants.append(value)
+        return f"C[{len(self.constants) - 1}]"
+
+    def text(self, literal: str) -> None:
+        self.pending += literal
+
+    def flush(self) -> None:
+        if self.pending:
+            self.lines.append("    " * self.depth + f"o += {self.constant(self.pending)}")
+            self.pending = ""
+
+    def line(self, statement: str) -> None:
+        self.flush()
+        self.lines.append("    " * self.depth + statement)
+
+    def append(self, expression: str) -> None:
+        self.line(f"o += {expression}")
+
+    def source(self) -> str:
+        self.flush()
+        return "def write(s):\n    o = ''\n" + "\n".join(self.lines) + "\n    return o\n"
+
+
+def _gen(code: _Code, schema: Any, name: str, depth: int) -> None:
+    """`_value` + `_dump_answer`, branch for branch: the same draws in the same order, the same text."""
+    if not isinstance(schema, dict):
+        _gen_string(code, name)
+        return
+    enum = schema.get("enum")
+    if enum:
+        if type(enum) is not list:
+            raise _Unsupported("enum")
+        choices = code.constant(tuple(_dump_answer(v) for v in enum))
+        code.line(_DRAW)
+        code.append(f"{choices}[(s >> 33) % {len(enum)}]")
+        return
+    if "const" in schema:
+        code.text(_dump_answer(schema["const"]))
+        return
+    alternatives = schema.get("anyOf") or schema.get("any_of") or schema.get("oneOf")
+    if alternatives:
+        if type(alternatives) is not list:
+            raise _Unsupported("anyOf")
+        usable = [a for a in alternatives if isinstance(a, dict) and _schema_type(a) != "NULL"]
+        _gen(code, usable[0] if usable else alternatives[0], name, depth)
+        return
+    kind = _schema_type(schema)
+    if kind == "OBJECT":
+        props = schema.get("properties") or {}
+        order = schema.get("propertyOrdering") or schema.get("property_ordering") or []
+        if type(props) is not dict or type(order) is not list:
+            raise _Unsupported("properties")
+        keys = [k for k in order if k in props] + [k for k in props if k not in order]
+        if len(set(keys)) != len(keys) or not all(type(k) is str for k in keys):
+            raise _Unsupported("propertyOrdering")
+        if depth > 8 or not keys:
+            code.text("{}")
+            return
+        for i, key in enumerate(keys):
+            code.text(("{" if i == 0 else ", ") + _encode_str(key) + ": ")
+            _gen(code, props[key], key, depth + 1)
+        code.text("}")
+        return
+    if kind == "ARRAY":
+        items = schema.get("items") or {"type": "STRING"}
+        lo = _int(schema.get("minItems", schema.get("min_items")), 1)
+        hi = _int(schema.get("maxItems", schema.get("max_items")), max(lo, 3))
+        lo, hi = min(lo, hi), max(lo, hi)
+        if type(lo) is not int or type(hi) is not int:
+            raise _Unsupported("array bounds")
+        code.line(_DRAW)
+        if depth > 8:
+            code.text("[]")
+            return
+        code.loops += 1
+        i = f"i{code.loops}"
+        code.line(f"n{code.loops} = {lo!r} + (s >> 33) % {min(hi, lo + 2) - lo + 1!r}")
+        code.text("[")
+        code.line(f"for {i} in range(n{code.loops}):")
+        code.depth += 1
+        code.line(f"if {i}:")
+        code.depth += 1
+        code.text(", ")
+        code.flush()
+        code.depth -= 1
+        _gen(code, items, name, depth + 1)
+        code.flush()
+        code.depth -= 1
+        code.text("]")
+        return
+    if kind == "INTEGER":
+        lo = _int(schema.get("minimum"), 0)
+        hi = _int(schema.get("maximum"), lo + 100)
+        if type(lo) is not int or type(hi) is not int:
+            raise _Unsupported("integer bounds")
+        code.line(_DRAW)
+        code.append(f"str({lo!r} + (s >> 33) % {max(hi, lo) - lo + 1!r})")
+        return
+    if kind == "NUMBER":
+        lo = _num(schema.get("minimum"), 0.0)
+        hi = _num(schema.get("maximum"), lo + 1.0)
+        span = max(hi, lo) - lo
+        if type(lo) is not float or type(span) is not float or not abs(lo) + abs(span) < 1e300:
+            raise _Unsupported("number bounds")  # dumping an infinite value fails: the walker says how
+        code.line(_DRAW)
+        code.append(f"float.__repr__(round({code.constant(lo)} + {code.constant(span)} * ((s >> 33) % 1001) / 1000, 3))")
+        return
+    if kind == "BOOLEAN":
+        code.line(_DRAW)
+        code.append("('true' if (s >> 33) & 1 else 'false')")
+        return
+    if kind == "NULL":
+        code.text("null")
+        return
+    fmt = schema.get("format")
+    if fmt == "date-time":
+        code.line(_DRAW)
+        code.append("_date_time(s >> 33)")
+        return
+    if fmt == "date":
+        code.line(_DRAW)
+        code.append("_date(s >> 33)")
+        return
+    _gen_string(code, name)
+
+
+def _gen_string(code: _Code, name: str) -> None:
+    """`f"{name} {rng() % 1000}"` as a JSON string literal (digits and spaces need no escaping)."""
+    code.text(_encode_str(f"{name} ")[:-1])
+    code.line(_DRAW)
+    code.append("str((s >> 33) % 1000)")
+    code.text('"')
+
+
+def _date_time(r: int) -> str:
+    return f'"2025-{r % 12 + 1:02d}-{r % 28 + 1:02d}T{r % 24:02d}:{r % 60:02d}:00Z"'
+
+
+def _date(r: int) -> str:
+    return f'"2025-{r % 12 + 1:02d}-{r % 28 + 1:02d}"'
 
 
 def _int(value: Any, default: int) -> int:
