@@ -459,6 +459,7 @@ class BatchLifecycle:
             output=shard.output,
             display_name=f"batchflow-{shard.entry.job_key}"[:128],
             labels=self._labels(shard.entry),
+            hash_model=self.settings.model,  # build() hashed every row with the primary model
         )
         try:
             shard.status = self.backend.submit(spec)

@@ -35,6 +35,7 @@ import argparse
 import gc
 import inspect
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -64,7 +65,7 @@ GEN_CONFIG = (
 )
 
 
-def build_input(wh: DuckDBWarehouse, rows: int, real_hashes: bool) -> float:
+def build_input(wh: DuckDBWarehouse, rows: int) -> float:
     """`main.bench_in`: request_hash STRING, request JSON (built by DuckDB as gemini_request does)."""
     started = time.perf_counter()
     words = "[" + ", ".join(f"'{w}'" for w in WORDS) + "]"
@@ -79,8 +80,7 @@ def build_input(wh: DuckDBWarehouse, rows: int, real_hashes: bool) -> float:
     )
     con = wh._cursor()  # plain DuckDB SQL: the input is test data, not a model
     con.execute(f"CREATE TABLE main.bench_src AS SELECT {request} AS request FROM range({rows}) t(i)").fetchall()
-    hash_sql = ("bf_request_hash(CAST(request AS VARCHAR), '" + MODEL + "')" if real_hashes
-                else "sha256(CAST(request AS VARCHAR) || '\n" + MODEL + "')")
+    hash_sql = "bf_request_hash(CAST(request AS VARCHAR), '" + MODEL + "')"  # as the lifecycle's build()
     con.execute(f"CREATE TABLE main.bench_in AS SELECT {hash_sql} AS request_hash, request FROM main.bench_src").fetchall()
     con.execute("DROP TABLE main.bench_src").fetchall()
     return time.perf_counter() - started
@@ -157,11 +157,11 @@ class CpuWatch:
         return text
 
 
-def end_to_end(wh: DuckDBWarehouse, rows: int, out: str, **backend_kwargs) -> tuple[float, object]:
+def end_to_end(wh: DuckDBWarehouse, rows: int, out: str, hash_model: str | None, **backend_kwargs) -> tuple[float, object]:
     known = inspect.signature(LocalBackend).parameters
     kwargs = {k: v for k, v in backend_kwargs.items() if k in known and v is not None}
     backend = LocalBackend(wh, MockProvider({}), **kwargs)
-    spec = JobSpec(MODEL, wh.relation("bench_in"), wh.relation(out), "bench", {})
+    spec = JobSpec(MODEL, wh.relation("bench_in"), wh.relation(out), "bench", {}, hash_model=hash_model)
     gc.collect()
     with CpuWatch() as cpu:
         status = backend.submit(spec)
@@ -176,7 +176,7 @@ def end_to_end(wh: DuckDBWarehouse, rows: int, out: str, **backend_kwargs) -> tu
     return elapsed, backend
 
 
-def breakdown(wh: DuckDBWarehouse, rows: int, chunk: int, processes: int) -> dict[str, float]:
+def breakdown(wh: DuckDBWarehouse, rows: int, chunk: int, processes: int, reuse_hashes: bool) -> dict[str, float]:
     """The executor's steps one at a time over all rows (each step on its own, one thread)."""
     t: dict[str, float] = {}
     provider = MockProvider({})
@@ -186,6 +186,7 @@ def breakdown(wh: DuckDBWarehouse, rows: int, chunk: int, processes: int) -> dic
     batches = list(wh.iter_batches(f"select * from {source}", batch_size=chunk))
     t["read (DuckDB -> Arrow)"] = time.perf_counter() - started
     columns = [b.column(b.schema.get_field_index("request")) for b in batches]
+    hash_columns = [b.column(b.schema.get_field_index("request_hash")) if reuse_hashes else None for b in batches]
 
     started = time.perf_counter()
     texts = [c.to_pylist() for c in columns]
@@ -208,15 +209,11 @@ def breakdown(wh: DuckDBWarehouse, rows: int, chunk: int, processes: int) -> dic
     t["json parse (alone)"] = parse_secs
     t["provider.generate on dicts (alone)"] = generate_secs
 
-    answer_texts = getattr(local_mod, "answer_texts", None)
-    answered = []
-    if answer_texts is not None:  # what the executor runs per chunk: parse + answer, row by row
-        started = time.perf_counter()
-        answered = [answer_texts(provider, MODEL, chunk_texts) for chunk_texts in texts]
-        t["parse + generate (executor path)"] = time.perf_counter() - started
-    else:  # an executor without answer_texts (before this benchmark's changes): its own two steps
-        answered = generated
     del generated
+    started = time.perf_counter()  # what the executor runs per chunk: parse + answer, row by row
+    answered = [local_mod.answer_texts(provider, MODEL, chunk_texts, None if h is None else h.to_pylist())
+                for chunk_texts, h in zip(texts, hash_columns)]
+    t["parse + generate (executor path)"] = time.perf_counter() - started
 
     in_schema = pa.schema(list(batches[0].schema))
     out_schema = pa.schema(list(in_schema) + list(OUTPUT_FIELDS))
@@ -239,8 +236,7 @@ def breakdown(wh: DuckDBWarehouse, rows: int, chunk: int, processes: int) -> dic
     wh.drop(wh.relation("bench_bd_out"))
     del out
 
-    worker = getattr(local_mod, "_answer_in_worker", None)
-    if worker is not None and processes:  # the same chunks through worker processes (texts in, Arrow out)
+    if processes:  # the same chunks through worker processes (texts in, Arrow out)
         from concurrent.futures import ProcessPoolExecutor
 
         started = time.perf_counter()
@@ -249,7 +245,7 @@ def breakdown(wh: DuckDBWarehouse, rows: int, chunk: int, processes: int) -> dic
         list(pool.map(int, range(processes * 4)))  # start the workers
         t[f"process pool start ({processes} workers)"] = time.perf_counter() - started
         started = time.perf_counter()
-        for _ in pool.map(worker, [MODEL] * len(columns), columns):
+        for _ in pool.map(local_mod._answer_in_worker, [MODEL] * len(columns), columns, hash_columns):
             pass
         t[f"answer in {processes} processes (wall)"] = time.perf_counter() - started
         pool.shutdown()
@@ -261,41 +257,42 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--chunk-size", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--processes", type=int, default=None,
-                        help="worker processes for CPU-bound providers (default: the executor's choice; 0 = threads)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="worker processes for CPU-bound providers (batch.processes; default 0: threads)")
     parser.add_argument("--memory", action="store_true", help="DuckDB :memory: instead of a temp file")
-    parser.add_argument("--real-hashes", action="store_true",
-                        help="request_hash via bf_request_hash (as the lifecycle does; slow to build)")
+    parser.add_argument("--no-hash-reuse", action="store_true",
+                        help="the executor hashes every request itself (a job whose input was hashed for "
+                             "another model) instead of reusing the input's request_hash as the lifecycle's jobs do")
     parser.add_argument("--skip-breakdown", action="store_true")
-    parser.add_argument("--repeat", type=int, default=1, help="end-to-end runs (best and all are printed)")
+    parser.add_argument("--repeat", type=int, default=1, help="end-to-end runs (each and their median are printed)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bf-bench-exec-") as tmp:
         wh = DuckDBWarehouse(":memory:" if args.memory else Path(tmp) / "bench.duckdb")
-        setup = build_input(wh, args.rows, args.real_hashes)
+        setup = build_input(wh, args.rows)
         print(f"rows {args.rows:,}  chunk_size {args.chunk_size:,}  concurrency {args.concurrency}  "
-              f"processes {args.processes if args.processes is not None else 'auto'}  "
+              f"processes {args.processes}  "
               f"warehouse {'memory' if args.memory else 'file'}  cpus {os.cpu_count()}  (input built in {setup:.1f}s)")
 
         times = []
         for k in range(args.repeat):
-            elapsed, backend = end_to_end(wh, args.rows, f"bench_out_{k}", concurrency=args.concurrency,
+            elapsed, backend = end_to_end(wh, args.rows, f"bench_out_{k}", None if args.no_hash_reuse else MODEL,
+                                          concurrency=args.concurrency,
                                           chunk_size=args.chunk_size, processes=args.processes)
             times.append(elapsed)
             wh.drop(wh.relation(f"bench_out_{k}"))
             print(f"end to end: {elapsed:.2f}s  {args.rows / elapsed:,.0f} rows/s  "
                   f"({elapsed / args.rows * 1e6:.1f} µs/row)  {backend.cpu}")
         if len(times) > 1:
-            best = min(times)
-            print(f"best of {len(times)}: {best:.2f}s  {args.rows / best:,.0f} rows/s")
+            median = statistics.median(times)
+            print(f"median of {len(times)}: {median:.2f}s  {args.rows / median:,.0f} rows/s  "
+                  f"(range {args.rows / max(times):,.0f}-{args.rows / min(times):,.0f})")
 
         if not args.skip_breakdown:
             with CpuWatch() as cpu:
-                t = breakdown(wh, args.rows, args.chunk_size, args.processes if args.processes is not None
-                              else (os.cpu_count() or 1))
+                t = breakdown(wh, args.rows, args.chunk_size, args.processes or (os.cpu_count() or 1),
+                              not args.no_hash_reuse)
             steps = ("read", "request texts", "parse +", "build", "warehouse")
-            if not any(k.startswith("parse +") for k in t):  # no executor path step: parse, then generate
-                steps += ("json parse", "provider.generate")
             serial = sum(v for k, v in t.items() if k.startswith(steps))
             print("breakdown (one step at a time, one thread):")
             for name, secs in t.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -409,6 +410,22 @@ def test_processes_only_for_big_jobs_of_cpu_bound_providers(wh):
     assert gated._processes is None  # not declared cpu_bound: threads
     with pytest.raises(ValueError):
         LocalBackend(wh, MockProvider({}), processes=-1)
+
+
+def test_input_request_hash_is_reused_only_for_the_model_it_was_computed_with(wh):
+    """make_input's request_hash is not the real digest: reusing it shows in the response ids."""
+    make_input(wh, "inp", 30)
+
+    def run(out, hash_model):
+        backend = LocalBackend(wh, MockProvider({}), chunk_size=7)
+        job = dataclasses.replace(spec(wh, out=out), hash_model=hash_model)
+        assert wait(backend, backend.submit(job).name).state is JobState.SUCCEEDED
+        return {r["id"]: (r["request_hash"], json.loads(r["response"])["responseId"]) for r in output_text(wh, out)}
+
+    computed, other_model, reused = run("out_a", None), run("out_b", "gemini-2.0-flash"), run("out_c", MODEL)
+    assert computed == other_model  # hashed for another model: the executor hashes itself
+    assert all(response_id == digest[16:40] for digest, response_id in reused.values())
+    assert all(response_id != digest[16:40] for digest, response_id in computed.values())
 
 
 def test_profiles_batch_block_sets_the_executor(wh):

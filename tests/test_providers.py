@@ -279,6 +279,22 @@ def test_mock_generate_json_answers_byte_for_byte_as_generate():
     assert nan == "" and responses[-1] == MockProvider(FAILURES).generate(MODEL, [json.loads(texts[-1])])[0].response_text()
 
 
+def test_mock_generate_json_reuses_the_given_request_hashes():
+    from batchflow.requests import request_hash
+
+    requests = [req(f"review {i}") for i in range(5)] + [req("broken")]
+    texts = [json.dumps(r) for r in requests]
+    provider = MockProvider(FAILURES)
+    plain = provider.generate_json(MODEL, texts)
+    # the right hashes (what the lifecycle's request_hash column holds) change nothing
+    assert provider.generate_json(MODEL, texts, [request_hash(r, MODEL) for r in requests]) == plain
+    # a given hash is what the answer derives from; a missing one is computed
+    fake = "ab" * 32
+    responses, statuses = provider.generate_json(MODEL, texts, [fake, None, None, None, None, None])
+    assert json.loads(responses[0])["responseId"] == fake[16:40] != json.loads(plain[0][0])["responseId"]
+    assert responses[1:] == plain[0][1:] and statuses == plain[1]
+
+
 def test_parse_request():
     assert parse_request('{"a": 1}') == ({"a": 1}, "")
     assert parse_request(b'{"a": [1.5, "\\u00e9"]}') == ({"a": [1.5, "é"]}, "")

@@ -69,6 +69,9 @@ class JobSpec:
     output: Relation
     display_name: str
     labels: dict[str, str] = field(default_factory=dict)
+    #: the model `input.request_hash` was computed with (``request_hash(request, hash_model)``), when
+    #: known: a local provider whose answers derive from that digest reuses it for this model's rows
+    hash_model: str | None = None
 
 
 @dataclass

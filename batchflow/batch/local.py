@@ -254,6 +254,8 @@ class LocalBackend:
         """Output batches in input order, with at most `concurrency` chunks being answered at once:
         on threads, or in worker processes for a big job of a CPU-bound provider."""
         model = job.spec.model
+        # The input's request_hash is the digest the mock derives answers from: reuse it if it is this model's.
+        reuse_hashes = job.spec.hash_model == model
         # Worker processes take a second or so to start: until one is up, chunks go to threads.
         ready = self._warm_processes() if self._use_processes(job) else None
         # A CPU-bound provider gains nothing from a second thread (the GIL), only switching costs:
@@ -271,10 +273,12 @@ class LocalBackend:
                 if job.cancel.is_set():
                     break
                 requests = batch.column(batch.schema.get_field_index("request"))
+                index = batch.schema.get_field_index("request_hash") if reuse_hashes else -1
+                hashes = batch.column(index) if index >= 0 else None
                 if ready is not None and ready.done() and ready.exception() is None:
-                    future, pool = self._submit_to_processes(model, requests)
+                    future, pool = self._submit_to_processes(model, requests, hashes)
                 else:
-                    future, pool = threads.submit(_answer_column, self.provider, model, requests), None
+                    future, pool = threads.submit(_answer_column, self.provider, model, requests, hashes), None
                 future.add_done_callback(counted)
                 inflight.append((batch, future, pool))
                 while len(inflight) >= self.concurrency or (inflight and inflight[0][1].done()):
@@ -348,14 +352,17 @@ class LocalBackend:
             failed.set_exception(exc)
             return failed
 
-    def _submit_to_processes(self, model: str, requests: pa.Array) -> tuple[Future, ProcessPoolExecutor]:
+    def _submit_to_processes(
+        self, model: str, requests: pa.Array, hashes: pa.Array | None
+    ) -> tuple[Future, ProcessPoolExecutor]:
         # Arrow arrays pickle as their buffers: send a slice's own rows only.
         if requests.get_total_buffer_size() > 2 * requests.nbytes + 65536:
             requests = requests.to_pylist()
+            hashes = None if hashes is None else hashes.to_pylist()
         for attempt in (1, 2):
             pool = self._process_pool()
             try:
-                return pool.submit(_answer_in_worker, model, requests), pool
+                return pool.submit(_answer_in_worker, model, requests, hashes), pool
             except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh once
                 self._discard_pool(pool)
                 if attempt == 2:
@@ -398,15 +405,17 @@ class LocalBackend:
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
-def answer_texts(provider: Provider, model: str, texts: list) -> tuple[list, list[str]]:
+def answer_texts(provider: Provider, model: str, texts: list, hashes: list | None = None) -> tuple[list, list[str]]:
     """Request texts (None for NULL) → (responses as JSON text or None, statuses, "" on success).
+    `hashes`, when given, holds each row's ``request_hash(request, model)`` (or None) for a provider's
+    `generate_json` to reuse.
 
     Never raises: a provider exception fails its rows with a 500 status (rows that are not requests
     keep their 400), as internal errors do on Vertex."""
     try:
         own = getattr(provider, "generate_json", None)
         if own is not None:
-            responses, statuses = own(model, texts)
+            responses, statuses = own(model, texts) if hashes is None else own(model, texts, hashes)
             if len(responses) != len(texts) or len(statuses) != len(texts):
                 raise RuntimeError(f"returned {len(responses)} responses and {len(statuses)} statuses "
                                    f"for {len(texts)} requests")
@@ -419,12 +428,14 @@ def answer_texts(provider: Provider, model: str, texts: list) -> tuple[list, lis
 
 
 def _answer_column(
-    provider: Provider, model: str, requests: pa.Array | list
+    provider: Provider, model: str, requests: pa.Array | list, hashes: pa.Array | list | None = None
 ) -> tuple[pa.Array, pa.Array, tuple[int, int], datetime]:
-    """One chunk's `request` column → its `response` and `status` columns, (failed, rows), and the
-    processed time."""
+    """One chunk's `request` column (and `request_hash`, to reuse) → its `response` and `status`
+    columns, (failed, rows), and the processed time."""
     texts = requests if isinstance(requests, list) else requests.to_pylist()
-    responses, statuses = answer_texts(provider, model, texts)
+    if hashes is not None and not isinstance(hashes, list):
+        hashes = hashes.to_pylist()
+    responses, statuses = answer_texts(provider, model, texts, hashes)
     n = len(texts)
     response_array = pa.array(responses, pa.string())
     status_array = pa.array(statuses, pa.string())
@@ -461,8 +472,8 @@ def _exit_with_owner(owner: int) -> None:
             os._exit(0)
 
 
-def _answer_in_worker(model: str, requests: pa.Array | list):
-    return _answer_column(_worker_provider, model, requests)
+def _answer_in_worker(model: str, requests: pa.Array | list, hashes: pa.Array | list | None):
+    return _answer_column(_worker_provider, model, requests, hashes)
 
 
 def _mp_context():

@@ -65,10 +65,12 @@ class Provider(Protocol):
 
     Two optional extras the local executor looks for (duck-typed, so a provider needs neither):
 
-    - ``generate_json(model, texts) -> (responses, statuses)``: the same answers as `generate`, but
-      from the `request` column's JSON text (None for NULL) to columns: ``responses[i]`` the response
-      as compact JSON text (None for a failed row), ``statuses[i]`` its status ("" on success). Rows
-      that are not JSON objects get `parse_request`'s 400 status. The mock has it: parsing, answering
+    - ``generate_json(model, texts, hashes=None) -> (responses, statuses)``: the same answers as
+      `generate`, but from the `request` column's JSON text (None for NULL) to columns:
+      ``responses[i]`` the response as compact JSON text (None for a failed row), ``statuses[i]`` its
+      status ("" on success). Rows that are not JSON objects get `parse_request`'s 400 status. The
+      executor passes `hashes` (each row's ``request_hash(request, model)``, or None) when the input's
+      `request_hash` column was computed for this model; a provider may ignore it. The mock has it: parsing, answering
       and dropping each row in turn keeps a million-row job from building a chunk of request dicts.
     - ``cpu_bound = True``: answers cost CPU only (no network, no shared state across calls). The
       executor then answers on one thread (more add no CPU under the GIL, only switching) and, where

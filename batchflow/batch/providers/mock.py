@@ -217,8 +217,12 @@ class MockProvider:
             append(ProviderResult(None, status) if status else ProviderResult(text=text))
         return out
 
-    def generate_json(self, model: str, texts: Sequence[str | bytes | None]) -> tuple[list, list[str]]:
-        """`generate` on the `request` column's JSON text, answered row by row (see `Provider`)."""
+    def generate_json(
+        self, model: str, texts: Sequence[str | bytes | None], hashes: Sequence[str | None] | None = None
+    ) -> tuple[list, list[str]]:
+        """`generate` on the `request` column's JSON text, answered row by row (see `Provider`).
+        `hashes[i]`, when given, is row i's ``request_hash(request, model)`` (the lifecycle's
+        `request_hash` column): the answer derives from it instead of hashing the request again."""
         version = self._version(model)
         answer = self._answer
         plans = self._plans
@@ -239,7 +243,7 @@ class MockProvider:
                 statuses[i] = NOT_AN_OBJECT
                 continue
             try:
-                text, status = answer(model, version, req, cache)
+                text, status = answer(model, version, req, cache, None if hashes is None else hashes[i])
             except Exception as exc:  # a provider never raises for one row
                 statuses[i] = error_status(400, f"Invalid request: {type(exc).__name__}: {exc}")
                 continue
@@ -256,9 +260,12 @@ class MockProvider:
         return version
 
     # -- one row ---------------------------------------------------------------------------------
-    def _answer(self, model: str, version: str, req: dict, plans: dict | None) -> tuple[str | None, str]:
+    def _answer(
+        self, model: str, version: str, req: dict, plans: dict | None, digest: str | None = None
+    ) -> tuple[str | None, str]:
         """(response JSON text, "") or (None, row status). `plans` caches what `generationConfig`
-        implies, keyed by its orjson text: only for requests made of pure JSON values."""
+        implies, keyed by its orjson text: only for requests made of pure JSON values. `digest`: the
+        request's hash, if known."""
         # Collect the prompt text and validate in one walk (request_problem words the error).
         contents = req.get("contents") if type(req) is dict else None
         texts: list[str] = []
@@ -293,7 +300,7 @@ class MockProvider:
         if bad:
             return None, error_status(400, request_problem(req) or "Request contains an invalid argument.")
 
-        hex_digest = request_hash(req, model)
+        hex_digest = digest if type(digest) is str and len(digest) == 64 else request_hash(req, model)
         h = int(hex_digest[:16], 16)
         prompt = "\n".join(texts)
 
