@@ -248,6 +248,8 @@ def to_duckdb(sql: str | exp.Expression) -> str:
     - SAFE_CAST(x AS INT64 | BOOL) -> bf_safe_cast_int64 / bf_safe_cast_bool (BigQuery's string rules)
     - UNNEST ... WITH OFFSET o: references to `o` become `o - 1` (sqlglot emits WITH ORDINALITY,
       which counts from 1; BigQuery's offsets count from 0)
+    - FROM t, UNNEST(expr) AS x (one table, one plain UNNEST) -> FROM (SELECT *, UNNEST(expr) AS x
+      FROM t) AS t: the same rows, and DuckDB runs the select-list UNNEST ~2.5x faster than its lateral join
     - EXTRACT(DAYOFWEEK ...) + 1 (BigQuery counts Sunday as 1, DuckDB as 0)
     - FORMAT_TIMESTAMP: %E<n>S / %E*S / %Ez / %Z format elements, and the time zone argument
     """
@@ -256,7 +258,7 @@ def to_duckdb(sql: str | exp.Expression) -> str:
     for statement in statements:
         if statement is None:
             continue
-        tree = _zero_based_offsets(statement.copy())
+        tree = _unnest_in_select_list(_zero_based_offsets(statement.copy()))
         # Reversed pre-order visits every node after its descendants, so rewritten calls nest.
         for node in reversed(list(tree.walk())):
             new = _rewrite(node)
@@ -282,6 +284,49 @@ def _zero_based_offsets(tree: exp.Expression) -> exp.Expression:
             shifted = exp.Paren(this=exp.Sub(this=column.copy(), expression=exp.Literal.number(1)))
             # A bare projection keeps its output name.
             column.replace(exp.alias_(shifted, offset.name) if column.parent is select else shifted)
+    return tree
+
+
+def _unnest_in_select_list(tree: exp.Expression) -> exp.Expression:
+    """``FROM t [AS a], UNNEST(expr) AS x`` -> ``FROM (SELECT *, UNNEST(expr) AS x FROM t [AS a]) AS a``.
+
+    Only the plain case: one table, one CROSS/comma join of an UNNEST of one expression with a column
+    alias and no offset, and every column of the SELECT named bare or through the table's name or the
+    element (so the subquery, aliased as the table, resolves them alike). Both forms drop rows whose
+    array is empty or NULL."""
+    for select in list(tree.find_all(exp.Select)):
+        joins = select.args.get("joins") or []
+        source = select.args.get("from_")
+        if len(joins) != 1 or source is None or not isinstance(source.this, exp.Table):
+            continue
+        table, join = source.this, joins[0]
+        unnest = join.this
+        alias = unnest.args.get("alias") if isinstance(unnest, exp.Unnest) else None
+        if (
+            alias is None
+            or join.kind != "CROSS"
+            or join.side
+            or join.args.get("on")
+            or join.args.get("using")
+            or unnest.args.get("offset")
+            or len(unnest.expressions) != 1
+            or alias.this
+            or len(alias.columns) != 1
+            or not isinstance(table.this, exp.Identifier)
+        ):
+            continue
+        element, name = alias.columns[0].name, table.alias_or_name
+        names = {"", name, element}
+        if any(
+            c.table not in names or c.args.get("db") or c.args.get("catalog")
+            for c in select.find_all(exp.Column)
+            if c.find_ancestor(exp.Select) is select
+        ):
+            continue
+        inner = exp.select(exp.Star(), exp.alias_(exp.Unnest(expressions=[unnest.expressions[0].copy()]), element))
+        inner = inner.from_(table.copy())
+        source.set("this", exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(name))))
+        select.set("joins", None)
     return tree
 
 

@@ -430,6 +430,32 @@ def test_struct_and_unnest_of_array_of_struct(conn):
     assert one(conn, "select STRUCT(1 AS a, 'x' AS b).b, [STRUCT(2 AS a)][OFFSET(0)].a") == ("x", 2)
 
 
+def test_comma_unnest_runs_as_a_select_list_unnest_with_the_same_rows(conn):
+    conn.execute(
+        "create table t as select 1 as id, 'x' as note, [{'category': 'A', 'blocked': true}, {'category': 'B', 'blocked': false}] as arr"
+        " union all select 2, 'y', [] union all select 3, 'z', NULL union all select 4, 'w', [{'category': 'C', 'blocked': true}]"
+    )
+    queries = [
+        "select id, r.category from t, UNNEST(arr) as r where r.blocked order by id",
+        "select t.id, t.note, r.category from t cross join UNNEST(t.arr) as r order by id, r.category",
+        "select s.id, count(*) as n from t as s, UNNEST(s.arr) as r group by s.id order by s.id",
+        "select * from t, UNNEST(arr) as r order by id, r.category",
+    ]
+    for query in queries:
+        translated = to_duckdb(query)
+        assert "CROSS JOIN" not in translated and "UNNEST" in translated, translated
+        # the lateral join sqlglot would emit without the rewrite gives the same rows
+        lateral = sqlglot.transpile(query, read="bigquery", write="duckdb")[0]
+        assert "CROSS JOIN" in lateral
+        assert run(conn, query) == conn.execute(lateral).fetchall(), query
+    assert run(conn, queries[0]) == [(1, "A"), (4, "C")]  # empty and NULL arrays give no rows, as in BigQuery
+    assert run(conn, queries[3])[0] == (1, "x", [{"category": "A", "blocked": True}, {"category": "B", "blocked": False}],
+                                        {"category": "A", "blocked": True})
+    # a second table, or an offset, keeps the join
+    assert "CROSS JOIN" in to_duckdb("select id, x from t, UNNEST(t.arr) as x, u")
+    assert "CROSS JOIN" in to_duckdb("select id, x, o from t, UNNEST(t.arr) as x with offset o")
+
+
 def test_unnest_with_offset_is_zero_based(conn):
     assert run(conn, "select x, o from UNNEST(['a', 'b']) as x with offset o order by o") == [("a", 0), ("b", 1)]
 

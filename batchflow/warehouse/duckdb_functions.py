@@ -18,11 +18,24 @@ BigQuery semantics emulated (JSON functions accept JSON *or* a JSON-formatted ST
 
 from __future__ import annotations
 
+import json
 import struct
 
 import duckdb
 
 # --- SQL macros -------------------------------------------------------------------------------------
+# What the response flatteners read of a GenerateContentResponse, for json_transform: text leaves.
+_TEXT = "VARCHAR"
+_CANDIDATE_SHAPE = json.dumps({
+    "finishReason": _TEXT,
+    "content": {"parts": [{"text": _TEXT, "thought": _TEXT}]},
+    "safetyRatings": [dict.fromkeys(("category", "probability", "probabilityScore", "severity", "severityScore",
+                                     "blocked"), _TEXT)],
+    "citationMetadata": {key: [dict.fromkeys(("startIndex", "endIndex", "uri", "title", "license"), _TEXT)]
+                         for key in ("citations", "citationSources")},
+})
+_RESPONSE_SHAPE = json.dumps({"candidates": [json.loads(_CANDIDATE_SHAPE)]})
+
 # Names starting with `bf__` are private helpers of other macros (macros cannot bind local variables,
 # so a value used twice is passed to a helper instead of being written out twice).
 _MACROS: tuple[str, ...] = (
@@ -44,49 +57,42 @@ _MACROS: tuple[str, ...] = (
     "bf__scalar_list(a) AS CASE WHEN NOT list_has_any(list_transform(a, lambda e: json_type(e)),"
     " ['OBJECT', 'ARRAY']) THEN list_transform(a, lambda e: e ->> '$') END",
     "bf_json_value_array(x, p) AS bf__scalar_list(bf_json_query_array(x, p))",
-    # response_text on DuckDB: list lambdas instead of BigQuery's correlated UNNEST subquery
-    # (same result, ~10x faster; the subquery form is what BigQuery runs).
-    "bf__response_text(ps) AS nullif(array_to_string(list_transform(list_filter(ps,"
-    " lambda p: coalesce(p ->> '$.thought', 'false') <> 'true'), lambda p: p ->> '$.text'), ''), '')",
-    "bf_response_text(r) AS bf__response_text(coalesce(bf_json_query_array(r, '$.candidates[0].content.parts'),"
-    " bf_json_query_array(r, '$[0].content.parts')))",
-    # An array of objects parsed once into typed records (every field as text, cast as BigQuery's
-    # SAFE_CAST(JSON_VALUE(...)) would): ~4x faster than one `->>` parse per field and element.
-    "bf__json_records(j, shape) AS CASE WHEN json_type(j) = 'ARRAY' THEN from_json(j, shape) END",
-    "bf__candidate_records(r, p, shape) AS coalesce(bf__json_records(bf_json_query(r, '$.candidates[0].' || p), shape),"
-    " bf__json_records(bf_json_query(r, '$[0].' || p), shape))",
-    "bf_safety_ratings(r) AS coalesce(list_transform(bf__candidate_records(r, 'safetyRatings',"
-    """ '[{"category": "VARCHAR", "probability": "VARCHAR", "probabilityScore": "VARCHAR", "severity": "VARCHAR","""
-    """ "severityScore": "VARCHAR", "blocked": "VARCHAR"}]'), lambda x: {'category': x.category,"""
-    " 'probability': x.probability, 'probability_score': TRY_CAST(x.probabilityScore AS DOUBLE),"
-    " 'severity': x.severity, 'severity_score': TRY_CAST(x.severityScore AS DOUBLE),"
-    " 'blocked': coalesce(bf_safe_cast_bool(x.blocked), false)}), [])",
-    # row_outcome on DuckDB: candidate 0 and its finishReason extracted once, not once per WHEN.
-    "bf__outcome(r, s, c, f) AS CASE"
-    " WHEN coalesce(s, '') <> '' OR r IS NULL THEN 'row_error'"
-    " WHEN c IS NULL THEN CASE WHEN bf_json_value(r, '$.promptFeedback.blockReason') IS NOT NULL"
-    " THEN 'prompt_blocked' ELSE 'row_error' END"
-    " WHEN f IN ('SAFETY', 'RECITATION', 'BLOCKLIST', 'PROHIBITED_CONTENT', 'SPII', 'IMAGE_SAFETY',"
-    " 'IMAGE_PROHIBITED_CONTENT', 'IMAGE_RECITATION') THEN 'candidate_blocked'"
-    " WHEN f = 'MAX_TOKENS' THEN 'truncated'"
-    " WHEN coalesce(f, '') <> 'STOP' AND bf__response_text(bf__json_array(json_extract(c, '$.content.parts'))) IS NULL"
-    " THEN 'candidate_blocked'"
-    " ELSE 'ok' END",
-    "bf__row_outcome(r, s, c) AS bf__outcome(r, s, c, c ->> '$.finishReason')",
-    "bf_row_outcome(r, s) AS bf__row_outcome(r, s, coalesce(bf_json_query(r, '$.candidates[0]'),"
-    " bf_json_query(r, '$[0]')))",
-    "bf__citation_list(r, p) AS bf__candidate_records(r, 'citationMetadata.' || p,"
-    """ '[{"startIndex": "VARCHAR", "endIndex": "VARCHAR", "uri": "VARCHAR", "title": "VARCHAR", "license": "VARCHAR"}]')""",
-    "bf_citations(r) AS coalesce(list_transform(coalesce(bf__citation_list(r, 'citations'),"
-    " bf__citation_list(r, 'citationSources')), lambda x: {'start_index': coalesce(bf_safe_cast_int64(x.startIndex), 0),"
-    " 'end_index': bf_safe_cast_int64(x.endIndex), 'uri': x.uri, 'title': x.title, 'license': x.license}), [])",
-    "bf_to_json_string(x) AS coalesce(CAST(to_json(x) AS VARCHAR), 'null')",
     "bf_safe_cast_int64(x) AS CASE WHEN typeof(x) = 'VARCHAR'"
     r" AND NOT regexp_full_match(CAST(x AS VARCHAR), '\s*[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)\s*')"
     " THEN NULL ELSE TRY_CAST(x AS BIGINT) END",
     "bf_safe_cast_bool(x) AS CASE WHEN typeof(x) = 'VARCHAR'"
     " THEN CASE lower(trim(CAST(x AS VARCHAR))) WHEN 'true' THEN true WHEN 'false' THEN false END"
     " ELSE TRY_CAST(x AS BOOLEAN) END",
+    # The response flatteners on DuckDB parse a response once, into candidate 0 as a typed record
+    # (`bf__candidate`, every leaf as text, cast as BigQuery's SAFE_CAST(JSON_VALUE(...)) would),
+    # instead of BigQuery's correlated UNNEST subqueries and one JSON path per field. Identical calls
+    # in one SELECT list are computed once (DuckDB's common subexpressions), so `response_text` and
+    # `row_outcome` side by side still parse once. A CASE does not share subexpressions: a value it
+    # reads several times is bound once as a lambda parameter (`list_transform([v], lambda c: ...)`).
+    "bf__candidate(r) AS coalesce(json_transform(bf_safe_parse_json(r), '" + _RESPONSE_SHAPE + "').candidates[1],"
+    " json_transform(json_extract(bf_safe_parse_json(r), '$[0]'), '" + _CANDIDATE_SHAPE + "'))",
+    "bf__parts_text(ps) AS nullif(array_to_string(list_transform(list_filter(ps,"
+    " lambda p: coalesce(p.thought, 'false') <> 'true'), lambda p: p.text), ''), '')",
+    "bf_response_text(r) AS bf__parts_text(bf__candidate(r).content.parts)",
+    "bf_safety_ratings(r) AS coalesce(list_transform(bf__candidate(r).safetyRatings, lambda x: {'category': x.category,"
+    " 'probability': x.probability, 'probability_score': TRY_CAST(x.probabilityScore AS DOUBLE),"
+    " 'severity': x.severity, 'severity_score': TRY_CAST(x.severityScore AS DOUBLE),"
+    " 'blocked': coalesce(bf_safe_cast_bool(x.blocked), false)}), [])",
+    "bf__outcome(r, s, c) AS CASE"
+    " WHEN coalesce(s, '') <> '' OR r IS NULL THEN 'row_error'"
+    " WHEN c IS NULL THEN CASE WHEN bf_json_value(r, '$.promptFeedback.blockReason') IS NOT NULL"
+    " THEN 'prompt_blocked' ELSE 'row_error' END"
+    " WHEN c.finishReason IN ('SAFETY', 'RECITATION', 'BLOCKLIST', 'PROHIBITED_CONTENT', 'SPII', 'IMAGE_SAFETY',"
+    " 'IMAGE_PROHIBITED_CONTENT', 'IMAGE_RECITATION') THEN 'candidate_blocked'"
+    " WHEN c.finishReason = 'MAX_TOKENS' THEN 'truncated'"
+    " WHEN coalesce(c.finishReason, '') <> 'STOP' AND bf__parts_text(c.content.parts) IS NULL THEN 'candidate_blocked'"
+    " ELSE 'ok' END",
+    "bf_row_outcome(r, s) AS list_transform([bf__candidate(r)], lambda c: bf__outcome(r, s, c))[1]",
+    "bf__citations(cs) AS list_transform(cs, lambda x: {'start_index': coalesce(bf_safe_cast_int64(x.startIndex), 0),"
+    " 'end_index': bf_safe_cast_int64(x.endIndex), 'uri': x.uri, 'title': x.title, 'license': x.license})",
+    "bf_citations(r) AS coalesce(bf__citations(coalesce(bf__candidate(r).citationMetadata.citations,"
+    " bf__candidate(r).citationMetadata.citationSources)), [])",
+    "bf_to_json_string(x) AS coalesce(CAST(to_json(x) AS VARCHAR), 'null')",
 )
 
 # --- FarmHash Fingerprint64 (farmhashna::Hash64), what BigQuery's FARM_FINGERPRINT computes ---------
