@@ -367,10 +367,12 @@ class BatchLifecycle:
     def submit_and_wait(self, plan: list[tuple[str, int]]) -> None:
         """Stages 3–6: shard, record, submit at most `max_concurrent_jobs` at once, wait, land."""
         size = self.settings.max_rows_per_job
-        pending: list[_Shard] = []
+        # (model, index, first row, row after the last): a shard's input table is cut from the todo
+        # table only when its job is about to be submitted, so later cuts overlap running jobs.
+        pending: list[tuple[str, int, int, int]] = []
         for model, rows in plan:
             for start in range(1, rows + 1, size):
-                pending.append(self._plan_shard(model, len(pending), start, min(start + size, rows + 1)))
+                pending.append((model, len(pending), start, min(start + size, rows + 1)))
         self._wait_and_land(list(self._open), pending)
 
     def build_results(self) -> None:
@@ -484,18 +486,22 @@ class BatchLifecycle:
             return found[0]
         return None
 
-    def _wait_and_land(self, active: list[_Shard], pending: list[_Shard]) -> None:
-        total = sum(s.entry.row_count for s in active + pending)
+    def _wait_and_land(self, active: list[_Shard], pending: list[tuple[str, int, int, int]]) -> None:
+        total = sum(s.entry.row_count for s in active) + sum(stop - start for _, _, start, stop in pending)
         finished_rows = 0
         interval = self.settings.poll_interval or getattr(self.backend, "poll_interval", 5.0)
         delay = interval
         self._open = []
-        while active or pending:
+        def top_up() -> None:
             while pending and len(active) < self.settings.max_concurrent_jobs:
-                shard = pending.pop(0)
+                shard = self._plan_shard(*pending.pop(0))
                 self._submit(shard)
                 active.append(shard)
+
+        while active or pending:
+            top_up()
             changed = False
+            finished: list[_Shard] = []
             for shard in list(active):
                 assert shard.entry.job_name is not None
                 status = self.backend.get(shard.entry.job_name)
@@ -505,22 +511,26 @@ class BatchLifecycle:
                                        successful_count=status.successful, failed_count=status.failed)
                 shard.status = status
                 if status.state.terminal:
-                    self._finish(shard)
+                    finished.append(shard)
                     active.remove(shard)
-                    finished_rows += shard.entry.row_count
                 elif status.state == JobState.PAUSED:
                     self._errors.append(f"job {status.name} is PAUSED and needs attention")
                     active.remove(shard)
+            if finished and not self.flags.no_wait:
+                # Landing takes a while (a merge of the whole output): start the next jobs first, so
+                # max_concurrent_jobs stay running meanwhile instead of idling behind the merge.
+                top_up()
+            for shard in finished:
+                self._finish(shard)
+                finished_rows += shard.entry.row_count
             done = finished_rows + sum((s.status.successful + s.status.failed) for s in active if s.status)
             failed = sum(s.status.failed for s in active if s.status)
             state = ",".join(sorted({s.status.state.value for s in active if s.status})) or "DONE"
             self.progress(state, done, failed, total)
             if self.flags.no_wait:
                 # Leave running jobs to a later run, which adopts them from the ledger. Shards that
-                # did not fit under max_concurrent_jobs were never recorded: their rows are simply
-                # still unanswered, and a later run's diff sends them.
-                for shard in pending:
-                    self.wh.drop(shard.input)
+                # did not fit under max_concurrent_jobs were never cut nor recorded: their rows are
+                # simply still unanswered, and a later run's diff sends them.
                 self._open = list(active)
                 return
             if active:

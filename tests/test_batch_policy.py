@@ -114,6 +114,40 @@ def test_shards_are_submitted_tracked_and_landed_independently(cli: CLI) -> None
     assert cli.query("select count(distinct job_name) from reviews.review_requests") == [(6,)]
 
 
+def test_next_shard_is_cut_and_submitted_before_a_finished_one_lands(cli: CLI, monkeypatch) -> None:
+    """With one job at a time, a finished job's landing (a merge) must not hold up the next job, and a
+    shard's input table is cut only when its job is submitted (not all of them up front)."""
+    from batchflow.batch.local import LocalBackend
+    from batchflow.lifecycle import BatchLifecycle
+
+    events: list[tuple[str, str, int]] = []
+    real_submit, real_land = LocalBackend.submit, BatchLifecycle._land
+
+    def submit(self, spec):  # type: ignore[no-untyped-def]
+        base = spec.input.identifier[:-4]  # <model>__in_<run>_NNNN
+        inputs = sum(self.warehouse.kind(spec.input.with_identifier(f"{base}{i:04d}")) is not None for i in range(6))
+        events.append(("submit", spec.input.identifier[-4:], inputs))
+        return real_submit(self, spec)
+
+    def land(self, shard):  # type: ignore[no-untyped-def]
+        events.append(("land", shard.input.identifier[-4:], 0))
+        return real_land(self, shard)
+
+    monkeypatch.setattr(LocalBackend, "submit", submit)
+    monkeypatch.setattr(BatchLifecycle, "_land", land)
+    set_project_batch(cli, max_rows_per_job=10, max_concurrent_jobs=1)
+    assert cli("build").exit_code == 0, [r.get("message") for r in cli.run_results()["results"]]
+
+    order = [(kind, shard) for kind, shard, _ in events]
+    assert sorted(order) == sorted([(k, f"{i:04d}") for i in range(6) for k in ("submit", "land")])
+    for i in range(5):  # shard i+1 went out before shard i was landed
+        assert order.index(("submit", f"{i + 1:04d}")) < order.index(("land", f"{i:04d}"))
+    # At each submit: at most the new shard's input and the one still landing exist.
+    assert max(inputs for kind, _, inputs in events if kind == "submit") <= 2
+    outcomes = batch_report(cli)["outcomes"]
+    assert sum(outcomes.values()) == 59 and "missing" not in outcomes
+
+
 def test_max_rows_per_job_cannot_exceed_vertex_limit(cli: CLI) -> None:
     set_model_config(cli, "max_rows_per_job=250000")
     result = cli("build")
