@@ -24,17 +24,23 @@ import struct
 import duckdb
 
 # --- SQL macros -------------------------------------------------------------------------------------
-# What the response flatteners read of a GenerateContentResponse, for json_transform: text leaves.
+# What the response flatteners read of a candidate of a GenerateContentResponse, for json_transform:
+# text leaves. One shape per flattener: json_transform builds every field of its shape, so parsing the
+# safety ratings and citations when only the text is wanted costs ~3x (measured on 1M mock answers).
 _TEXT = "VARCHAR"
-_CANDIDATE_SHAPE = json.dumps({
-    "finishReason": _TEXT,
-    "content": {"parts": [{"text": _TEXT, "thought": _TEXT}]},
-    "safetyRatings": [dict.fromkeys(("category", "probability", "probabilityScore", "severity", "severityScore",
-                                     "blocked"), _TEXT)],
-    "citationMetadata": {key: [dict.fromkeys(("startIndex", "endIndex", "uri", "title", "license"), _TEXT)]
-                         for key in ("citations", "citationSources")},
-})
-_RESPONSE_SHAPE = json.dumps({"candidates": [json.loads(_CANDIDATE_SHAPE)]})
+_TEXT_SHAPE = {"finishReason": _TEXT, "content": {"parts": [{"text": _TEXT, "thought": _TEXT}]}}
+_SAFETY_SHAPE = {"safetyRatings": [dict.fromkeys(("category", "probability", "probabilityScore", "severity",
+                                                  "severityScore", "blocked"), _TEXT)]}
+_CITATIONS_SHAPE = {"citationMetadata": {key: [dict.fromkeys(("startIndex", "endIndex", "uri", "title", "license"), _TEXT)]
+                                         for key in ("citations", "citationSources")}}
+
+
+def _candidate_macro(name: str, shape: dict) -> str:
+    """`name(r)`: candidate 0 of response `r` (or of `r[0]`) as a typed record of `shape`'s fields."""
+    candidate, response = json.dumps(shape), json.dumps({"candidates": [shape]})
+    return (f"{name}(r) AS coalesce(json_transform(bf_safe_parse_json(r), '{response}').candidates[1],"
+            f" json_transform(json_extract(bf_safe_parse_json(r), '$[0]'), '{candidate}'))")
+
 
 # Names starting with `bf__` are private helpers of other macros (macros cannot bind local variables,
 # so a value used twice is passed to a helper instead of being written out twice).
@@ -63,18 +69,20 @@ _MACROS: tuple[str, ...] = (
     "bf_safe_cast_bool(x) AS CASE WHEN typeof(x) = 'VARCHAR'"
     " THEN CASE lower(trim(CAST(x AS VARCHAR))) WHEN 'true' THEN true WHEN 'false' THEN false END"
     " ELSE TRY_CAST(x AS BOOLEAN) END",
-    # The response flatteners on DuckDB parse a response once, into candidate 0 as a typed record
-    # (`bf__candidate`, every leaf as text, cast as BigQuery's SAFE_CAST(JSON_VALUE(...)) would),
+    # The response flatteners on DuckDB parse a response once, into candidate 0 as a typed record of
+    # the fields they read (`bf__candidate_text | _safety | _citations`, every leaf as text, cast as
+    # BigQuery's SAFE_CAST(JSON_VALUE(...)) would),
     # instead of BigQuery's correlated UNNEST subqueries and one JSON path per field. Identical calls
     # in one SELECT list are computed once (DuckDB's common subexpressions), so `response_text` and
     # `row_outcome` side by side still parse once. A CASE does not share subexpressions: a value it
     # reads several times is bound once as a lambda parameter (`list_transform([v], lambda c: ...)`).
-    "bf__candidate(r) AS coalesce(json_transform(bf_safe_parse_json(r), '" + _RESPONSE_SHAPE + "').candidates[1],"
-    " json_transform(json_extract(bf_safe_parse_json(r), '$[0]'), '" + _CANDIDATE_SHAPE + "'))",
+    _candidate_macro("bf__candidate_text", _TEXT_SHAPE),
+    _candidate_macro("bf__candidate_safety", _SAFETY_SHAPE),
+    _candidate_macro("bf__candidate_citations", _CITATIONS_SHAPE),
     "bf__parts_text(ps) AS nullif(array_to_string(list_transform(list_filter(ps,"
     " lambda p: coalesce(p.thought, 'false') <> 'true'), lambda p: p.text), ''), '')",
-    "bf_response_text(r) AS bf__parts_text(bf__candidate(r).content.parts)",
-    "bf_safety_ratings(r) AS coalesce(list_transform(bf__candidate(r).safetyRatings, lambda x: {'category': x.category,"
+    "bf_response_text(r) AS bf__parts_text(bf__candidate_text(r).content.parts)",
+    "bf_safety_ratings(r) AS coalesce(list_transform(bf__candidate_safety(r).safetyRatings, lambda x: {'category': x.category,"
     " 'probability': x.probability, 'probability_score': TRY_CAST(x.probabilityScore AS DOUBLE),"
     " 'severity': x.severity, 'severity_score': TRY_CAST(x.severityScore AS DOUBLE),"
     " 'blocked': coalesce(bf_safe_cast_bool(x.blocked), false)}), [])",
@@ -87,11 +95,11 @@ _MACROS: tuple[str, ...] = (
     " WHEN c.finishReason = 'MAX_TOKENS' THEN 'truncated'"
     " WHEN coalesce(c.finishReason, '') <> 'STOP' AND bf__parts_text(c.content.parts) IS NULL THEN 'candidate_blocked'"
     " ELSE 'ok' END",
-    "bf_row_outcome(r, s) AS list_transform([bf__candidate(r)], lambda c: bf__outcome(r, s, c))[1]",
+    "bf_row_outcome(r, s) AS list_transform([bf__candidate_text(r)], lambda c: bf__outcome(r, s, c))[1]",
     "bf__citations(cs) AS list_transform(cs, lambda x: {'start_index': coalesce(bf_safe_cast_int64(x.startIndex), 0),"
     " 'end_index': bf_safe_cast_int64(x.endIndex), 'uri': x.uri, 'title': x.title, 'license': x.license})",
-    "bf_citations(r) AS coalesce(bf__citations(coalesce(bf__candidate(r).citationMetadata.citations,"
-    " bf__candidate(r).citationMetadata.citationSources)), [])",
+    "bf_citations(r) AS coalesce(list_transform([bf__candidate_citations(r).citationMetadata],"
+    " lambda m: bf__citations(coalesce(m.citations, m.citationSources)))[1], [])",
     "bf_to_json_string(x) AS coalesce(CAST(to_json(x) AS VARCHAR), 'null')",
 )
 
