@@ -322,14 +322,28 @@ class BatchLifecycle:
                 f"WHEN COALESCE(a.status, '') = '' AND {blocked} AND {under_limit} THEN {fallback} "
                 "END"
             )
+        answered = f"LEFT JOIN {self.responses_rel.render()} a ON a.request_hash = c.request_hash {not_in_flight}"
+        # One row per distinct request; validate() counted the duplicates, and with none there is
+        # nothing to group (grouping drags every request's payload through a hash table).
+        unique = not self.report.rows_duplicate
+        if not first:
+            # After a round, usually nothing is left to send: ask that with the same rule over the
+            # hashes alone before building the todo table (which carries every request's payload).
+            hashes = f"SELECT {'' if unique else 'DISTINCT '}request_hash FROM {self.requests_rel.render()} {valid}"
+            left = self.wh.query_arrow(
+                f"SELECT COUNT(*) AS n FROM ({hashes}) c {answered} WHERE ({decide}) IS NOT NULL"
+            ).column("n")[0].as_py()
+            if not left:
+                return []
+        requests = (f"SELECT request_hash, request FROM {self.requests_rel.render()} {valid}" if unique else
+                    f"SELECT request_hash, ANY_VALUE(request) AS request FROM {self.requests_rel.render()} {valid} "
+                    "GROUP BY request_hash")
         self.wh.create_table_as(
             self.todo_rel,
             "SELECT request_hash, request, send_model, previous_attempt, "
             "ROW_NUMBER() OVER (PARTITION BY send_model ORDER BY request_hash) AS shard_row FROM ("
             f"SELECT c.request_hash, c.request, {decide} AS send_model, COALESCE(a.attempt, 0) AS previous_attempt "
-            f"FROM (SELECT request_hash, ANY_VALUE(request) AS request FROM {self.requests_rel.render()} {valid} "
-            f"GROUP BY request_hash) c LEFT JOIN {self.responses_rel.render()} a ON a.request_hash = c.request_hash "
-            f"{not_in_flight}) WHERE send_model IS NOT NULL",
+            f"FROM ({requests}) c {answered}) WHERE send_model IS NOT NULL",
         )
         rows = self.wh.query_arrow(
             f"SELECT send_model, COUNT(*) AS n, COUNTIF(previous_attempt > 0) AS retried "

@@ -96,6 +96,22 @@ def test_recitation_goes_to_the_fallback_model_when_configured(cli: CLI) -> None
     assert report["outcomes"] == {"ok": 59}
 
 
+def test_unique_requests_take_the_ungrouped_diff_and_retry_alike(cli: CLI) -> None:
+    # The review id in every prompt: no two requests alike, so the diff skips grouping duplicates.
+    path = cli.project / "models" / "requests" / "review_requests.sql"
+    text = path.read_text()
+    assert "prompt=review_prompt('product_name', 'body')" in text
+    path.write_text(text.replace("prompt=review_prompt('product_name', 'body')", "prompt=\"concat(review_id, ': ', body)\""))
+    set_failures(cli, [{"when_prompt_contains": "lyrics", "outcome": "transient_error", "limit": 1}])
+    assert cli("build").exit_code == 0, cli.run_results()
+    report = batch_report(cli)
+    assert (report["rows_total"], report["rows_duplicate"]) == (59, 0)
+    assert report["rows_sent"] == 59 + 1 and report["rows_retried"] == 1
+    assert [j["rows"] for j in report["jobs"]] == [59, 1]
+    assert cli.query("select count(*), count(distinct request_hash) from reviews.review_requests__responses") == [(59, 59)]
+    assert cli("run").exit_code == 0 and batch_report(cli)["rows_sent"] == 0
+
+
 def test_recitation_is_kept_without_a_retry_policy(cli: CLI) -> None:
     assert cli("build").exit_code == 0
     assert row(cli, "R0017") == ("candidate_blocked", "RECITATION", "gemini-2.5-flash", 1)
