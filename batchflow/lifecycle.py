@@ -519,6 +519,7 @@ class BatchLifecycle:
         delay = interval
         unchanged_since = time.monotonic()
         self._open = []
+
         def top_up() -> None:
             while pending and len(active) < self.settings.max_concurrent_jobs:
                 shard = self._plan_shard(*pending.pop(0))
@@ -543,13 +544,15 @@ class BatchLifecycle:
                 elif status.state == JobState.PAUSED:
                     self._errors.append(f"job {status.name} is PAUSED and needs attention")
                     active.remove(shard)
-            if finished and not self.flags.no_wait:
-                # Landing takes a while (a merge of the whole output): start the next jobs first, so
-                # max_concurrent_jobs stay running meanwhile instead of idling behind the merge.
-                top_up()
-            for shard in finished:
-                self._finish(shard)
-                finished_rows += shard.entry.row_count
+            try:
+                if finished and not self.flags.no_wait:
+                    # Landing takes a while (a merge of the whole output): start the next jobs first,
+                    # so max_concurrent_jobs stay running meanwhile instead of idling behind the merge.
+                    top_up()
+            finally:  # land what finished even when a submit failed
+                for shard in finished:
+                    self._finish(shard)
+                    finished_rows += shard.entry.row_count
             done = finished_rows + sum((s.status.successful + s.status.failed) for s in active if s.status)
             failed = sum(s.status.failed for s in active if s.status)
             state = ",".join(sorted({s.status.state.value for s in active if s.status})) or "DONE"

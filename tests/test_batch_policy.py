@@ -164,6 +164,29 @@ def test_next_shard_is_cut_and_submitted_before_a_finished_one_lands(cli: CLI, m
     assert sum(outcomes.values()) == 59 and "missing" not in outcomes
 
 
+def test_a_failed_submit_still_lands_the_job_that_finished(cli: CLI, monkeypatch) -> None:
+    from batchflow.batch.local import LocalBackend
+    from batchflow.errors import ExecutionError
+
+    real_submit, calls = LocalBackend.submit, []
+
+    def submit(self, spec):  # type: ignore[no-untyped-def]
+        calls.append(spec.input.identifier)
+        if len(calls) == 2:
+            raise ExecutionError("quota exceeded while creating the batch job")
+        return real_submit(self, spec)
+
+    monkeypatch.setattr(LocalBackend, "submit", submit)
+    set_project_batch(cli, max_rows_per_job=10, max_concurrent_jobs=1)
+    result = cli("build")
+    assert result.exit_code == 1 and "quota exceeded" in result.output
+    # The first job's 10 answers were paid for: they are in the store although the second create failed.
+    assert cli.query("select count(*) from reviews.review_requests__responses") == [(10,)]
+    monkeypatch.setattr(LocalBackend, "submit", real_submit)
+    assert cli("build").exit_code == 0
+    assert batch_report(cli)["rows_sent"] == DISTINCT_REQUESTS - 10
+
+
 def test_max_rows_per_job_cannot_exceed_vertex_limit(cli: CLI) -> None:
     set_model_config(cli, "max_rows_per_job=250000")
     result = cli("build")
