@@ -39,13 +39,12 @@ MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
 POLL_LAG = 0.1  # ... and at most this share of the time they have been unchanged
 
 
-def next_poll_delay(delay: float, interval: float, unchanged_for: float, changed: bool) -> float:
-    """Seconds to sleep before the next poll. Unchanged jobs are polled less and less often (x1.5 a
-    poll, from `interval`), but never later than `POLL_LAG` of the time they have gone unchanged: a
-    job that ends is noticed within ~10% of its run time (plain x1.5 backoff can add 50%), and never
-    later than `MAX_POLL_DELAY` nor sooner than `interval`."""
-    if changed:
-        return interval
+def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> float:
+    """Seconds to sleep before the next poll, after sleeping `delay`. Unchanged jobs are polled less and
+    less often (x1.5 a poll, from `interval`), but never later than `POLL_LAG` of the time they have gone
+    unchanged: a job that ends is noticed within ~10% of its run time (plain x1.5 backoff can add 50%),
+    and never later than `MAX_POLL_DELAY` nor sooner than `interval`. Right after a change
+    (`unchanged_for` 0) that is `interval` again."""
     return max(interval, min(delay * 1.5, MAX_POLL_DELAY, POLL_LAG * unchanged_for))
 
 ProgressFn = Callable[[str, int, int, int], None]  # (state, done, failed, total)
@@ -566,7 +565,7 @@ class BatchLifecycle:
             if active:
                 if changed:
                     unchanged_since = time.monotonic()
-                delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since, changed)
+                delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since)
                 time.sleep(delay)
 
     def _finish(self, shard: _Shard) -> None:

@@ -11,7 +11,7 @@ def delays(interval: float, job_seconds: float) -> list[float]:
     """The sleeps between polls of one job that runs `job_seconds` without changing state."""
     slept, delay, out = 0.0, interval, []
     while slept < job_seconds:
-        delay = next_poll_delay(delay, interval, slept, changed=False)
+        delay = next_poll_delay(delay, interval, slept)
         out.append(delay)
         slept += delay
     return out
@@ -31,7 +31,8 @@ def test_backs_off_from_the_interval_and_resets_on_a_change() -> None:
     assert sleeps[0] == 30.0 and sleeps[-1] == MAX_POLL_DELAY
     assert sleeps == sorted(sleeps)  # never faster again while nothing changes
     assert all(b <= a * 1.5 + 1e-9 for a, b in zip(sleeps, sleeps[1:]))
-    assert next_poll_delay(MAX_POLL_DELAY, 30.0, 3000.0, changed=True) == 30.0
+    # A change restarts the unchanged time: the next poll is one interval away again.
+    assert next_poll_delay(MAX_POLL_DELAY, 30.0, 0.0) == 30.0
 
 
 def test_short_intervals_do_not_grow_to_a_minute_on_short_jobs() -> None:
