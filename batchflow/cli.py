@@ -156,8 +156,10 @@ class ConsoleReporter:
             self._emit({"event": "node_finish", "node": node.name, "status": result.status, "rows": result.rows,
                         "seconds": result.execution_time, "message": result.message, "batch": result.batch})
             return
-        color = {"success": "green", "error": "red", "skipped": "yellow", "pending": "blue"}[result.status]
-        label = {"success": "OK", "error": "ERROR", "skipped": "SKIP", "pending": "PENDING"}[result.status]
+        color = {"success": "green", "error": "red", "skipped": "yellow", "pending": "blue",
+                 "interrupted": "magenta"}[result.status]
+        label = {"success": "OK", "error": "ERROR", "skipped": "SKIP", "pending": "PENDING",
+                 "interrupted": "INTERRUPTED"}[result.status]
         rows = f"{result.rows:,} rows " if result.rows is not None else ""
         with self._lock:
             out = self._console()
@@ -166,7 +168,7 @@ class ConsoleReporter:
             if result.batch:
                 for line in _batch_lines(result.batch):
                     out.print(f"      {line}")
-            if result.status in ("skipped", "pending") and result.message:
+            if result.status in ("skipped", "pending", "interrupted") and result.message:
                 out.print(f"      [dim]{result.message}[/]")
             if result.status == "error":
                 where = f"{result.path}:{result.line}" if result.line else result.path
@@ -210,9 +212,11 @@ def _money(value: Optional[float]) -> str:
 
 def _batch_lines(b: dict[str, Any]) -> list[str]:
     """The batch summary under a batch model's result line."""
-    lines = [f"rows {b['rows_total']:,}: sent {b['rows_sent']:,} (retried {b['rows_retried']:,}), "
-             f"reused {b['rows_reused']:,}, duplicate {b['rows_duplicate']:,}, invalid {b['rows_invalid']:,}"
-             + (f", pending {b['rows_pending']:,}" if b.get("rows_pending") else "")]
+    sent = (f"would send {b['would_send']:,}" if b.get("dry_run")
+            else f"sent {b['rows_sent']:,}" + (f" ({b['rows_retried']:,} of them retries)" if b.get("rows_retried") else ""))
+    lines = [f"rows {b['rows_total']:,}: {sent}, reused {b['rows_reused']:,}, duplicate {b['rows_duplicate']:,}, "
+             f"invalid {b['rows_invalid']:,}" + (f", pending {b['rows_pending']:,}" if b.get("rows_pending") else "")
+             + (f", missing {b['rows_missing']:,}" if b.get("rows_missing") else "")]
     est = b.get("estimate") or {}
     if est:
         lines.append(f"estimate: {est['requests']:,} requests, ~{est['input_tokens']:,} input + "
@@ -232,6 +236,32 @@ def _execute(command: str, project_dir: Path, profiles_dir: Optional[Path], targ
              flags: "RunFlags", with_tests: bool = False) -> None:
     from batchflow.adapters import open_backend, open_warehouse
     from batchflow.artifacts import summarize, write_compiled, write_manifest, write_run_results
+    from batchflow.interrupt import Interrupt, handle_signals
+    from batchflow.runner import RunOptions, Runner
+
+    interrupt = Interrupt()
+    with handle_signals(interrupt, on_first=lambda signum: _interrupt_note(signum, log_format)):
+        _execute_run(command, project_dir, profiles_dir, target, select, exclude, vars_text, threads, full_refresh,
+                     log_format, resource_types, flags, with_tests, interrupt)
+
+
+def _interrupt_note(signum: int, log_format: str) -> None:
+    import signal
+
+    name = signal.Signals(signum).name
+    if log_format == "json":
+        print(json.dumps({"event": "interrupt", "signal": name}), flush=True)
+    else:
+        _err_console().print(f"[magenta]{name}[/]: stopping — nothing new is submitted, finished jobs are landed, "
+                             "running jobs stay in the ledger for the next run (again to exit at once)")
+
+
+def _execute_run(command: str, project_dir: Path, profiles_dir: Optional[Path], target: Optional[str],
+                 select: Optional[list[str]], exclude: Optional[list[str]], vars_text: Optional[str],
+                 threads: Optional[int], full_refresh: bool, log_format: str, resource_types: tuple[str, ...],
+                 flags: "RunFlags", with_tests: bool, interrupt: Any) -> None:
+    from batchflow.adapters import open_backend, open_warehouse
+    from batchflow.artifacts import summarize, write_compiled, write_manifest, write_run_results
     from batchflow.runner import RunOptions, Runner
 
     started = time.perf_counter()
@@ -240,7 +270,7 @@ def _execute(command: str, project_dir: Path, profiles_dir: Optional[Path], targ
     write_manifest(session.manifest, command)
     selected = _select(session, select, exclude, resource_types)
     options = RunOptions(threads=threads or session.target.threads, full_refresh=full_refresh,
-                         load_source_samples=session.target.type == "duckdb", batch=flags)
+                         load_source_samples=session.target.type == "duckdb", batch=flags, interrupt=interrupt)
     warehouse = open_warehouse(session.target, session.project)
     reporter = ConsoleReporter(log_format)
     console = _console()
@@ -251,7 +281,7 @@ def _execute(command: str, project_dir: Path, profiles_dir: Optional[Path], targ
         runner = Runner(session.manifest, session.compiler, warehouse,
                         lambda: open_backend(session.target, warehouse), reporter, options)
         results = runner.run(selected)
-        if with_tests:  # dbt's habit: build = seeds + models + the tests of what was built
+        if with_tests and not interrupt.is_set():  # dbt's habit: build = seeds + models + the tests of what was built
             built = {r.name for r in results if r.status == "success"}
             results += _run_tests(session, warehouse, built, log_format)
     finally:
@@ -263,10 +293,16 @@ def _execute(command: str, project_dir: Path, profiles_dir: Optional[Path], targ
         print(json.dumps({"event": "run_finish", "summary": counts, "seconds": round(elapsed, 3)}))
     else:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing selected"
-        console.print(f"Finished in {elapsed:.2f}s: {parts}" + (" (dry run: nothing was submitted)" if flags.dry_run else ""))
+        if interrupt.is_set():
+            console.print(f"[magenta]Interrupted[/] ({interrupt.name}) after {elapsed:.2f}s: {parts}; "
+                          "rerun to finish — jobs still running are adopted, nothing is paid twice")
+        else:
+            console.print(f"Finished in {elapsed:.2f}s: {parts}" + (" (dry run: nothing was submitted)" if flags.dry_run else ""))
         if full_refresh and not flags.resubmit_all and any(r.materialized == "batch" for r in results):
             console.print("[dim]--full-refresh kept every batch answer already paid for; add --resubmit-batches "
                           "to send them again[/]")
+    if interrupt.is_set():
+        _exit(interrupt.exit_code)
     if any(r.status == "error" for r in results):
         _exit(1)
 
@@ -422,11 +458,11 @@ def _ledger_session(project_dir: Path, profiles_dir: Optional[Path],
 
 
 def _live(backend: Any, entry: "LedgerEntry") -> dict[str, Any]:
-    """The ledger row, refreshed from the backend for jobs that are not finished."""
-    from batchflow.ledger import LANDED, LOST
+    """The ledger row, refreshed from the backend for jobs that may still change."""
+    from batchflow.batch.states import rule
 
     row = {k: v for k, v in entry.__dict__.items()}
-    if entry.job_name and entry.state not in (LANDED, LOST, "FAILED"):
+    if backend is not None and entry.job_name and not rule(entry.state).terminal:
         try:
             status = backend.get(entry.job_name)
             row.update(state=status.state.value, successful_count=status.successful,
@@ -481,18 +517,32 @@ def _jobs_show(job: str, project_dir: Path, profiles_dir: Optional[Path], target
 
 def _jobs_cancel(job: str, project_dir: Path, profiles_dir: Optional[Path], target: Optional[str]) -> None:
     from batchflow.adapters import open_backend
-    from batchflow.ledger import LANDED, LOST
+    from batchflow.batch.base import JobNotFoundError
+    from batchflow.batch.states import JobState, rule
 
     tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
     try:
         entry = _find_entry(ledger, job)
-        if not entry.job_name or entry.state in (LANDED, LOST, "FAILED", "SUCCEEDED", "CANCELLED", "EXPIRED"):
-            raise ConfigError(f"job {job!r} is {entry.state}; nothing to cancel")
-        open_backend(tgt, warehouse).cancel(entry.job_name)
-        ledger.update(entry.job_key, state="CANCELLING")
+        if not entry.job_name or not rule(entry.state).cancellable:
+            raise ConfigError(f"job {job!r} is {entry.state}: {rule(entry.state).doc}; nothing to cancel")
+        backend = open_backend(tgt, warehouse)
+        try:
+            live = backend.get(entry.job_name)
+        except JobNotFoundError:
+            raise ConfigError(f"job {job!r} is not known to the {backend.name} backend any more; the next run "
+                              "lands whatever it left") from None
+        if not rule(live.state.value).cancellable:
+            ledger.update(entry.job_key, state=live.state.value, job_state=live.state.value)
+            raise ConfigError(f"job {job!r} is {live.state.value} at the backend: {rule(live.state.value).doc}; "
+                              "nothing to cancel")
+        backend.cancel(entry.job_name)
+        after = backend.get(entry.job_name)
+        ledger.update(entry.job_key, state=after.state.value, job_state=after.state.value)
     finally:
         warehouse.close()
-    _console().print(f"cancel requested for {entry.job_name}; the next run lands the rows it finished")
+    done = after.state is JobState.CANCELLED
+    _console().print(f"{'cancelled' if done else 'cancel requested for'} {entry.job_name} ({after.state.value}); "
+                     "the next run lands the rows it finished and resends the rest")
 
 
 # ---- the typer app ---------------------------------------------------------------------------------

@@ -9,15 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from batchflow.batch.states import CLOSED_STATES, LANDED, LOST, SUBMITTING  # noqa: F401  (re-exported)
 from batchflow.relation import Relation, string_literal
 from batchflow.warehouse.base import Warehouse
 
 LEDGER_TABLE = "_batchflow_jobs"
-
-#: states of a ledger row beyond the backend's job states
-SUBMITTING = "SUBMITTING"  # intent recorded, create() not known to have succeeded
-LANDED = "LANDED"  # output merged into the model's responses; nothing left to do
-LOST = "LOST"  # the backend no longer knows the job (local executor after a crash)
 
 _COLUMNS = """
   job_key STRING,
@@ -35,8 +31,12 @@ _COLUMNS = """
   failed_count INT64,
   error STRING,
   created_at TIMESTAMP,
-  updated_at TIMESTAMP
+  updated_at TIMESTAMP,
+  job_state STRING,
+  missing_count INT64
 """
+#: columns added after the first release: an older ledger gets them on open
+_ADDED_COLUMNS = (("job_state", "STRING"), ("missing_count", "INT64"))
 
 
 @dataclass
@@ -59,6 +59,8 @@ class LedgerEntry:
     error: str | None = None
     created_at: Any = None
     updated_at: Any = None
+    job_state: str | None = None  # the backend's last state (the row's `state` also says LANDED/CLOSED)
+    missing_count: int | None = None  # rows the job was sent and left out of its output
 
 
 class Ledger:
@@ -68,6 +70,10 @@ class Ledger:
         self.warehouse = warehouse
         self.relation: Relation = warehouse.relation(LEDGER_TABLE, schema)
         warehouse.execute(f"CREATE TABLE IF NOT EXISTS {self.relation.render()} ({_COLUMNS})")
+        have = {c.name for c in warehouse.columns(self.relation)}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                warehouse.execute(f"ALTER TABLE {self.relation.render()} ADD COLUMN {name} {kind}")
 
     def record(self, entry: LedgerEntry) -> None:
         """Insert a new job row (called before the backend's create)."""
@@ -89,6 +95,8 @@ class Ledger:
                 "NULL",
                 "CURRENT_TIMESTAMP()",
                 "CURRENT_TIMESTAMP()",
+                "NULL",
+                "NULL",
             ]
         )
         self.warehouse.execute(f"INSERT INTO {self.relation.render()} VALUES ({values})")
@@ -107,12 +115,15 @@ class Ledger:
         )
 
     def entries(self, node: str | None = None, open_only: bool = False) -> list[LedgerEntry]:
-        """Ledger rows, oldest first; `open_only` keeps jobs not yet landed, lost or failed for good."""
+        """Ledger rows, oldest first; `open_only` keeps the rows whose requests are still in flight or
+        whose output is not landed yet (see `batchflow.batch.states`). A state this version does not
+        know counts as open: a newer version's row is never given up silently."""
         where = []
         if node is not None:
             where.append(f"node = {string_literal(node)}")
         if open_only:
-            where.append(f"state NOT IN ('{LANDED}', '{LOST}', 'FAILED')")
+            closed = ", ".join(string_literal(s) for s in sorted(CLOSED_STATES))
+            where.append(f"state NOT IN ({closed})")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         table = self.warehouse.query_arrow(
             f"SELECT * FROM {self.relation.render()}{clause} ORDER BY created_at, job_key"

@@ -1,8 +1,8 @@
-"""The batch lifecycle of one batch model: build → validate → collect → diff → estimate → shard →
-submit → wait → land → results → report.
+"""The evaluator of a batch model's plan (`batchflow.batch_stages`): one method per stage.
 
-Each stage is a method with one job, so a run can be followed (and tested) stage by stage. All SQL
-here is BigQuery SQL handed to the warehouse adapter; the backend only creates and polls jobs.
+Stages run in the plan's order against a warehouse, a backend and the ledger. The SQL comes from the
+pure functions of `batch_stages`; this module decides, records and reports. The job states and what a
+rerun does with each come from `batchflow.batch.states`, nowhere else.
 """
 
 from __future__ import annotations
@@ -12,31 +12,30 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from batchflow.batch.base import BatchBackend, JobNotFoundError, JobSpec, JobState, JobStatus
+from batchflow import batch_stages as S
+from batchflow.batch.base import BatchBackend, JobNotFoundError, JobSpec, JobStatus
+from batchflow.batch.states import CLOSED, LANDED, LOST, SUBMITTING, JobState, Rerun, rule
 from batchflow.compiler import Node, batch_results_relations
-from batchflow.cost import (
-    CHARS_PER_TOKEN,
-    DEFAULT_OUTPUT_TOKENS,
-    Estimate,
-    Price,
-    RunBudget,
-    check_model_limits,
-    price_for,
-)
+from batchflow.cost import CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS, Estimate, Price, RunBudget, check_model_limits, price_for
 from batchflow.errors import BatchflowError, ConfigError, ExecutionError, RequestValidationError
-from batchflow.ledger import LANDED, LOST, SUBMITTING, Ledger, LedgerEntry
-from batchflow.relation import Relation, string_literal
+from batchflow.faultpoints import checkpoint
+from batchflow.interrupt import NEVER, Interrupt
+from batchflow.ledger import Ledger, LedgerEntry
+from batchflow.relation import Relation
 from batchflow.requests import check_columns
 from batchflow.warehouse.base import Warehouse
 
 VERTEX_MAX_ROWS_PER_JOB = 200_000
+#: columns batchflow adds to a batch model's relation (and Vertex's output columns): refused as input
+#: column names in any letter case
 BOOKKEEPING_COLUMNS = ("request_hash", "job_name", "model_name", "attempt")
-# Row errors worth sending again: rate limits, server errors, not-yet-ready projects.
-RETRYABLE_STATUS = r'"code":\s*(429|5[0-9][0-9])|RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|FAILED_PRECONDITION'
+OUTPUT_COLUMNS = ("response", "status", "processed_time")
 BLOCK_REASONS = ("RECITATION", "SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "MAX_TOKENS", "OTHER")
+RETRYABLE_STATUS = S.RETRYABLE_STATUS
 MAX_REPORTED_INVALID = 20
 MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
 POLL_LAG = 0.1  # ... and at most this share of the time they have been unchanged
+DEFAULT_POLL_INTERVAL = 5.0
 
 
 def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> float:
@@ -46,6 +45,7 @@ def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> floa
     and never later than `MAX_POLL_DELAY` nor sooner than `interval`. Right after a change
     (`unchanged_for` 0) that is `interval` again."""
     return max(interval, min(delay * 1.5, MAX_POLL_DELAY, POLL_LAG * unchanged_for))
+
 
 ProgressFn = Callable[[str, int, int, int], None]  # (state, done, failed, total)
 MacroFn = Callable[..., str]
@@ -111,7 +111,7 @@ class BatchSettings:
 class RunFlags:
     """How this run treats a batch model."""
 
-    dry_run: bool = False  # count and estimate; submit nothing
+    dry_run: bool = False  # count and estimate; submit nothing (the plan stops after estimate)
     no_wait: bool = False  # submit and return; a later run lands the answers
     retry_failed: bool = False  # send only rows whose last answer failed, ignoring max_attempts
     resubmit_all: bool = False  # send every request again, even those with a good answer (pays again)
@@ -124,8 +124,9 @@ class BatchReport:
     rows_total: int = 0
     rows_invalid: int = 0
     rows_duplicate: int = 0  # rows whose request is identical to another row's (answered once)
-    rows_sent: int = 0  # distinct requests sent in this run
-    rows_retried: int = 0  # of those, requests that had an answer before (a failed one)
+    rows_sent: int = 0  # distinct requests submitted in this run (a refused or dry run sends none)
+    would_send: int = 0  # dry run: requests a real run would submit now
+    rows_retried: int = 0  # of those sent, requests whose last answer failed, was missing or blocked for retry_on
     rows_reused: int = 0  # distinct requests answered by an earlier run and not sent again
     rows_pending: int = 0  # requests in jobs still running (--no-wait)
     jobs: list[dict[str, Any]] = field(default_factory=list)
@@ -133,7 +134,10 @@ class BatchReport:
     tokens: dict[str, int] = field(default_factory=dict)  # usage of this run's answers
     estimate: dict[str, Any] = field(default_factory=dict)  # before sending
     actual_cost: float | None = None  # this run's answers at the configured price
+    rows_missing: int = 0  # rows without an answer at the end (sent and lost, or never sent)
+    dry_run: bool = False  # nothing was submitted; `would_send` says what a run would
     pending: bool = False
+    interrupted: bool = False  # a signal stopped the run; open jobs stay in the ledger
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -141,17 +145,47 @@ class BatchReport:
         return dict(self.__dict__)
 
 
+
 @dataclass
-class _Shard:
-    index: int
+class _Job:
+    """A job of this run (or adopted from the ledger) while the lifecycle tracks it."""
+
     entry: LedgerEntry
     input: Relation
     output: Relation
     status: JobStatus | None = None
+    retried: int = 0
+
+
+def plan_batch(node: Node, settings: BatchSettings, flags: RunFlags) -> S.BatchPlan:
+    """The stages of one batch model for this run's flags."""
+    rels = batch_results_relations(node.relation)
+    requests, responses = rels["requests"], rels["responses"]
+    todo = requests.with_identifier(f"{node.relation.identifier}__todo")
+    diff = S.Diff(requests, responses, todo, settings.model, settings.fallback_model, tuple(settings.retry_on),
+                  settings.max_attempts, flags.retry_failed, flags.resubmit_all)
+    head: tuple[S.Stage, ...] = (
+        S.Build(node.compiled_sql, requests, settings.model),
+        S.Validate(requests, tuple(settings.key), settings.invalid_rows),
+        S.Collect(node.name, f"{node.relation.identifier}__"),
+    )
+    estimate = S.Estimate(todo, settings.output_tokens)
+    tail = (S.Results(node.relation, requests, responses), S.Report(node.relation, responses))
+    if flags.dry_run:
+        return S.BatchPlan(node.name, head + (diff, estimate), "dry_run", ("dry run: submits nothing",))
+    submit = (S.Shard(todo, settings.max_rows_per_job), S.Submit(settings.max_concurrent_jobs))
+    if flags.no_wait:
+        return S.BatchPlan(node.name, head + (diff, estimate) + submit + tail, "no_wait",
+                           ("--no-wait: a later run lands the jobs",))
+    # --retry-failed and --resubmit-batches make one deliberate pass; otherwise rows that come back with
+    # a retryable failure (or missing) are resent in the same run, max_attempts rounds in all.
+    rounds = 1 if flags.retry_failed or flags.resubmit_all else settings.max_attempts
+    loop = S.Rounds((diff, estimate) + submit + (S.Wait(settings.poll_interval), S.Land(responses)), rounds)
+    return S.BatchPlan(node.name, head + (loop,) + tail)
 
 
 class BatchLifecycle:
-    """Runs one batch model end to end against a warehouse, a backend and the ledger."""
+    """Evaluates one batch model's plan against a warehouse, a backend and the ledger."""
 
     def __init__(
         self,
@@ -167,6 +201,7 @@ class BatchLifecycle:
         budget: RunBudget | None = None,
         flags: RunFlags | None = None,
         progress: ProgressFn | None = None,
+        interrupt: Interrupt | None = None,
     ):
         self.node = node
         self.wh = warehouse
@@ -178,259 +213,322 @@ class BatchLifecycle:
         self.budget = budget or RunBudget({})
         self.flags = flags or RunFlags()
         self.progress = progress or (lambda *a: None)
+        self.interrupt = interrupt or NEVER
         merged = {k: v for k, v in (defaults or {}).items() if k != "prices"}
         merged.update(node.config)
         self.settings = BatchSettings.from_config(merged, node.path)
-        rels = batch_results_relations(node.relation)
-        self.requests_rel = rels["requests"]
-        self.responses_rel = rels["responses"]
-        self.todo_rel = self.requests_rel.with_identifier(f"{node.relation.identifier}__todo")
-        self.report = BatchReport()
+        self.plan = plan_batch(node, self.settings, self.flags)
+        self.report = BatchReport(dry_run=self.flags.dry_run)
         self._errors: list[str] = []
-        self._open: list[_Shard] = []  # jobs still running at the end of a --no-wait run
+        self._ended_badly: list[str] = []  # jobs of this run that ended other than SUCCEEDED
+        self._in_flight: list[_Job] = []  # open jobs whose rows must not be sent again
         self._landed_jobs: list[str] = []
+        self._round = 0
+        self._shards: list[tuple[str, int, int]] = []  # (model, first row, row after the last) to submit
+        self._jobs: list[_Job] = []  # running jobs of the current round
+        self._plan: list[tuple[str, int]] = []  # (send model, requests) of the current round
+        self._job_seq = 0  # numbers this run's jobs: each has its own key, labels and tables
 
     @property
     def backend(self) -> BatchBackend:
         """Opened on first use: a rerun that sends nothing never needs the backend's client."""
         return self._backend_factory()
 
-    # -- stages ------------------------------------------------------------------------------
+    # -- the evaluator -------------------------------------------------------------------------------
     def run(self) -> BatchReport:
-        """All stages in order. Raises after landing what it could if jobs failed."""
-        self.build()
-        self.validate()
-        self.ensure_responses_table()
-        if self.flags.dry_run:
-            self._open = self._open_shards()  # count them as in flight without asking the backend
-        else:
-            self.collect_open_jobs()
-        plan = self.diff()
-        estimate = self.estimate(plan)
-        if self.flags.dry_run:
-            self.wh.drop(self.todo_rel)
-            return self.report
-        # Rows that come back with a retryable failure are resent in the same run, up to
-        # max_attempts rounds in all; every round passes the same limits first.
-        for _ in range(self.settings.max_attempts):
-            if not plan:
-                break
-            check_model_limits(self.node.name, estimate, self.settings.max_requests, self.settings.max_estimated_cost)
-            self.budget.reserve(self.node.name, estimate)
-            self.submit_and_wait(plan)
-            if self.flags.no_wait or self._errors or self.flags.retry_failed or self.flags.resubmit_all:
-                break
-            plan = self.diff(first=False)
-            estimate = self.estimate(plan)
-        self.wh.drop(self.todo_rel)
-        self.build_results()
-        self.summarise()
+        """Every stage of the plan in order. Raises after landing what it could if the model failed."""
+        skipping = False  # a stage answered False: nothing to send, skip on to results and report
+        try:
+            for stage in self.plan.stages:
+                final = isinstance(stage, (S.Results, S.Report))
+                if self.interrupt.is_set() and not isinstance(stage, S.Report):
+                    self.report.interrupted = True
+                    continue
+                if skipping and not final:
+                    continue
+                if self._evaluate(stage) is False:
+                    skipping = True
+        finally:
+            self.wh.drop(self.plan_todo)
+        self.report.pending = bool(self._in_flight)
+        self.report.rows_pending = sum(j.entry.row_count for j in self._in_flight)
+        if self.report.interrupted and self.flags.dry_run is False:
+            self.report.warnings.append(
+                f"interrupted: {len(self._in_flight)} job(s) still running are recorded in the ledger; "
+                "the next run lands them" if self._in_flight else "interrupted before everything was sent")
         if self._errors:
             raise ExecutionError("; ".join(self._errors), self.node.path)
         return self.report
 
-    def build(self) -> None:
-        """Stage 1: materialise the model's SELECT with a request hash per row."""
-        hash_sql = self.wh.request_hash_sql("request", self.settings.model)
-        sql = _strip(self.node.compiled_sql)
-        self.wh.create_table_as(self.requests_rel, f"SELECT *, {hash_sql} AS request_hash FROM ({sql})")
+    @property
+    def plan_todo(self) -> Relation:
+        return batch_results_relations(self.node.relation)["requests"].with_identifier(
+            f"{self.node.relation.identifier}__todo")
 
-    def validate(self) -> None:
-        """Stage 1b: column rules, then every row; nothing paid happens when this fails."""
-        columns = [c for c in self.wh.columns(self.requests_rel) if c.name != "request_hash"]
+    def _evaluate(self, stage: S.Stage) -> bool | None:
+        method = getattr(self, f"_{type(stage).__name__.lower()}")
+        return method(stage)
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def _build(self, stage: S.Build) -> None:
+        """Check the SELECT's columns (cheap: no rows), then materialise it with a hash per row."""
+        _, columns = self.wh.dry_run(S.strip_sql(stage.model_sql))
+        self._check_columns(columns)
+        self.wh.create_table_as(stage.requests, S.build_sql(stage.model_sql, self.wh.request_hash_sql("request", stage.hash_model)))
+        checkpoint("after_build")
+
+    def _check_columns(self, columns: list) -> None:
+        names = {c.name.lower() for c in columns}
+        if "request" not in names:
+            raise RequestValidationError(
+                "a batch model's SELECT must return a JSON `request` column (build it with "
+                "{{ gemini_request(...) }} ... as request); nothing was submitted", self.node.path)
         problems = check_columns(columns)
-        clash = [c.name for c in columns if c.name in BOOKKEEPING_COLUMNS]
+        clash = [c.name for c in columns if c.name.lower() in BOOKKEEPING_COLUMNS]
         if clash:
-            problems.append(f"column(s) {', '.join(clash)} are reserved for batchflow's bookkeeping")
+            problems.append(f"column(s) {', '.join(clash)} use names reserved for batchflow's bookkeeping "
+                            f"({', '.join(BOOKKEEPING_COLUMNS)}, in any letter case); rename them")
         if problems:
             raise RequestValidationError("; ".join(problems) + "; nothing was submitted", self.node.path)
-        missing_key = [k for k in self.settings.key if k not in {c.name for c in columns}]
+        missing_key = [k for k in self.settings.key if k.lower() not in names]
         if missing_key:
             raise ConfigError(f"key column(s) {', '.join(missing_key)} are not in the model's output", self.node.path)
+
+    def _validate(self, stage: S.Validate) -> None:
         problem = self.wh.request_problem_sql("request", "request_hash")
-        checked = f"(SELECT *, {problem} AS problem FROM {self.requests_rel.render()})"
-        counts = self.wh.query_arrow(
-            f"SELECT COUNT(*) AS n, COUNTIF(problem IS NOT NULL) AS bad, "
-            f"COUNT(DISTINCT IF(problem IS NULL, request_hash, NULL)) AS d FROM {checked}"
-        ).to_pylist()[0]
+        counts = self.wh.query_arrow(S.validate_counts_sql(stage.requests, problem)).to_pylist()[0]
         self.report.rows_total = int(counts["n"])
         self.report.rows_invalid = int(counts["bad"] or 0)
         self.report.rows_duplicate = self.report.rows_total - self.report.rows_invalid - int(counts["d"])
         if not self.report.rows_invalid:
             return
         bad = self.wh.query_arrow(
-            f"SELECT {self._key_sql()} AS row_key, problem FROM {checked} WHERE problem IS NOT NULL "
-            f"ORDER BY row_key LIMIT {MAX_REPORTED_INVALID}"
-        ).to_pylist()
+            S.invalid_rows_sql(stage.requests, problem, self._key_sql(), MAX_REPORTED_INVALID)).to_pylist()
         listed = "; ".join(f"{self._key_label()}={r['row_key']}: {r['problem']}" for r in bad)
         more = self.report.rows_invalid - len(bad)
         message = f"{self.report.rows_invalid} invalid request row(s): {listed}" + (f" (and {more} more)" if more > 0 else "")
-        if self.settings.invalid_rows == "fail":
+        if stage.invalid_rows == "fail":
             raise RequestValidationError(message + "; nothing was submitted", self.node.path)
         self.report.warnings.append(message + "; those rows were skipped")
 
-    def ensure_responses_table(self) -> None:
-        """The model's store of every answer ever landed, keyed by request hash."""
-        self.wh.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.responses_rel.render()} ("
-            "request_hash STRING, request JSON, response JSON, status STRING, processed_time TIMESTAMP, "
-            "job_name STRING, model_name STRING, attempt INT64, landed_at TIMESTAMP)"
-        )
+    def _collect(self, stage: S.Collect) -> None:
+        """Every open ledger row of this model, by what its state asks for (`states.Rerun`)."""
+        self.wh.execute(S.responses_ddl(self.plan_responses))
+        entries = self.ledger.entries(node=stage.node, open_only=True)
+        jobs = [_Job(e, _parse_relation(e.input_table), _parse_relation(e.output_table)) for e in entries]
+        if self.flags.dry_run:  # count them as in flight without asking the backend
+            self._in_flight = jobs
+            return
+        waiting: list[_Job] = []
+        for job in jobs:
+            action = rule(job.entry.state).rerun
+            if action is Rerun.ADOPT or action is Rerun.ATTENTION:
+                job.status = self._find_job(job.entry)
+                if job.status is None:  # the backend does not know it: land what it left
+                    self.ledger.update(job.entry.job_key, state=LOST, job_state=LOST)
+                    self._close(job, LOST)
+                    continue
+                waiting.append(job)
+            elif action is Rerun.LAND:
+                job.status = JobStatus(job.entry.job_name or "", JobState.parse(job.entry.state))
+                self._close(job, job.entry.state)
+        if waiting:
+            self._jobs = waiting
+            self._wait(S.Wait(self.settings.poll_interval), adopted=True)
+        self._clean_leftovers(stage)
 
-    def _open_shards(self) -> list[_Shard]:
-        return [
-            _Shard(e.shard, e, _parse_relation(e.input_table), _parse_relation(e.output_table))
-            for e in self.ledger.entries(node=self.node.name, open_only=True)
-        ]
-
-    def collect_open_jobs(self) -> None:
-        """Stage 2a: jobs an earlier run submitted and did not land: adopt, wait for and land them."""
-        shards: list[_Shard] = []
-        for shard in self._open_shards():
-            shard.status = self._find_job(shard.entry)
-            if shard.status is None:
-                self.ledger.update(shard.entry.job_key, state=LOST)
-                self.wh.drop(shard.input)
+    def _clean_leftovers(self, stage: S.Collect) -> None:
+        """Scratch tables no open ledger row owns (an older version, or a crash between the ledger's
+        LANDED and the drop): land an output table's rows (never over a good answer), drop the rest."""
+        if self.interrupt.is_set():
+            return
+        owned = {str(r) for j in self._in_flight + self._jobs for r in (j.input, j.output)}
+        schema = self.node.relation.schema
+        for relation in self.wh.list_relations(schema, stage.prefix):
+            name = relation.identifier[len(stage.prefix):]
+            if str(relation) in owned or not (name.startswith("in_") or name.startswith("out_") or name == "todo"):
                 continue
-            shards.append(shard)
-        if shards:
-            self._wait_and_land(shards, pending=[])
+            if name.startswith("out_") and {"request_hash", "response", "status"} <= {c.name for c in self.wh.columns(relation)}:
+                self._merge(relation, job_name=f"leftover:{relation.identifier}", model=self.settings.model)
+            self.wh.drop(relation)
 
-    def diff(self, first: bool = True) -> list[tuple[str, int]]:
-        """Stage 2b: the requests that need an answer, each with the model to send it to.
-        Returns (model, rows) per model, numbered in `<model>__todo` for sharding."""
-        s = self.settings
-        valid = f"WHERE {self.wh.request_problem_sql('request', 'request_hash')} IS NULL" if self.report.rows_invalid else ""
-        in_flight = " UNION ALL ".join(f"SELECT request_hash FROM {shard.input.render()}" for shard in self._open)
-        not_in_flight = f"WHERE c.request_hash NOT IN ({in_flight})" if in_flight else ""
-        primary = string_literal(s.model)
-        fallback = string_literal(s.fallback_model or s.model)
-        reasons = ", ".join(string_literal(r) for r in s.retry_on) or "NULL"
-        blocked = (f"({self.macro('finish_reason', 'a.response')} IN ({reasons}) "
-                   f"OR {self.macro('block_reason', 'a.response')} IN ({reasons}))")
-        transient = f"REGEXP_CONTAINS(a.status, r'{RETRYABLE_STATUS}')"
-        under_limit = "TRUE" if self.flags.retry_failed else f"a.attempt < {s.max_attempts}"
-        if self.flags.resubmit_all:
-            decide = primary
-        else:
-            decide = (
-                "CASE "
-                f"WHEN a.request_hash IS NULL THEN {'NULL' if self.flags.retry_failed else primary} "
-                f"WHEN COALESCE(a.status, '') != '' AND ({'TRUE' if self.flags.retry_failed else transient}) "
-                f"AND {under_limit} THEN {primary} "
-                f"WHEN COALESCE(a.status, '') = '' AND {blocked} AND {under_limit} THEN {fallback} "
-                "END"
-            )
-        answered = f"LEFT JOIN {self.responses_rel.render()} a ON a.request_hash = c.request_hash {not_in_flight}"
-        # One row per distinct request; validate() counted the duplicates, and with none there is
-        # nothing to group (grouping drags every request's payload through a hash table).
-        unique = not self.report.rows_duplicate
+    def _diff(self, stage: S.Diff) -> bool | None:
+        """Stage: which requests need an answer, into the todo table. False when nothing does."""
+        self._round += 1
+        valid = f"{self.wh.request_problem_sql('request', 'request_hash')} IS NULL" if self.report.rows_invalid else ""
+        in_flight = [j.input for j in self._in_flight]
+        distinct = bool(self.report.rows_duplicate)
+        first = self._round == 1
         if not first:
-            # After a round, usually nothing is left to send: ask that with the same rule over the
-            # hashes alone before building the todo table (which carries every request's payload).
-            hashes = f"SELECT {'' if unique else 'DISTINCT '}request_hash FROM {self.requests_rel.render()} {valid}"
-            left = self.wh.query_arrow(
-                f"SELECT COUNT(*) AS n FROM ({hashes}) c {answered} WHERE ({decide}) IS NOT NULL"
-            ).column("n")[0].as_py()
+            # After a round, usually nothing is left to send: ask that over the hashes alone before
+            # building the todo table (which carries every request's payload).
+            left = self.wh.query_arrow(S.remaining_sql(stage, self.macro, in_flight, valid, distinct)).column("n")[0].as_py()
             if not left:
-                return []
-        requests = (f"SELECT request_hash, request FROM {self.requests_rel.render()} {valid}" if unique else
-                    f"SELECT request_hash, ANY_VALUE(request) AS request FROM {self.requests_rel.render()} {valid} "
-                    "GROUP BY request_hash")
-        self.wh.create_table_as(
-            self.todo_rel,
-            "SELECT request_hash, request, send_model, previous_attempt, "
-            "ROW_NUMBER() OVER (PARTITION BY send_model ORDER BY request_hash) AS shard_row FROM ("
-            f"SELECT c.request_hash, c.request, {decide} AS send_model, COALESCE(a.attempt, 0) AS previous_attempt "
-            f"FROM ({requests}) c {answered}) WHERE send_model IS NOT NULL",
-        )
-        rows = self.wh.query_arrow(
-            f"SELECT send_model, COUNT(*) AS n, COUNTIF(previous_attempt > 0) AS retried "
-            f"FROM {self.todo_rel.render()} GROUP BY send_model ORDER BY send_model"
-        ).to_pylist()
-        plan = [(r["send_model"], int(r["n"])) for r in rows]
+                return False
+        self.wh.create_table_as(stage.todo, S.diff_sql(stage, self.macro, in_flight, valid, distinct))
+        rows = self.wh.query_arrow(S.plan_counts_sql(stage.todo)).to_pylist()
+        self._plan = [(r["send_model"], int(r["n"])) for r in rows]
         if first:
-            self.report.rows_pending = sum(sh.entry.row_count for sh in self._open)
-            distinct = self.report.rows_total - self.report.rows_duplicate - self.report.rows_invalid
-            self.report.rows_reused = max(distinct - sum(n for _, n in plan) - self.report.rows_pending, 0)
-        self.report.rows_sent += sum(n for _, n in plan)
-        self.report.rows_retried += sum(int(r["retried"]) for r in rows)
-        return plan
+            self.report.rows_pending = sum(j.entry.row_count for j in self._in_flight)
+            distinct_rows = self.report.rows_total - self.report.rows_duplicate - self.report.rows_invalid
+            self.report.rows_reused = max(distinct_rows - sum(n for _, n in self._plan) - self.report.rows_pending, 0)
+        if self.flags.dry_run:
+            self.report.would_send = sum(n for _, n in self._plan)
+        return None
 
-    def estimate(self, plan: list[tuple[str, int]]) -> Estimate:
-        """Stage 2c: tokens and cost of what the diff would send."""
+    def _estimate(self, stage: S.Estimate) -> bool | None:
+        """Stage: tokens and cost of the todo table; refuses (sending nothing) over a limit."""
         total = Estimate()
-        if not plan:
-            self.report.estimate = self.report.estimate or {"requests": 0, "input_tokens": 0, "output_tokens": 0,
-                                                            "cost": 0.0}
-            return total
-        max_out = ("COALESCE(SAFE_CAST(JSON_VALUE(request, '$.generationConfig.maxOutputTokens') AS INT64), "
-                   "SAFE_CAST(JSON_VALUE(request, '$.generation_config.max_output_tokens') AS INT64), "
-                   f"{self.settings.output_tokens})")
-        rows = self.wh.query_arrow(
-            f"SELECT send_model, COUNT(*) AS n, SUM(LENGTH(TO_JSON_STRING(request))) AS chars, "
-            f"SUM({max_out}) AS out_tokens FROM {self.todo_rel.render()} GROUP BY send_model"
-        ).to_pylist()
-        for r in rows:
-            input_tokens = int((r["chars"] or 0) / CHARS_PER_TOKEN)
-            output_tokens = int(r["out_tokens"] or 0)
-            price = price_for(self.prices, r["send_model"])
-            total.add(Estimate(int(r["n"]), input_tokens, output_tokens,
-                               price.cost(input_tokens, output_tokens) if price else None))
+        if self._plan:
+            for r in self.wh.query_arrow(S.estimate_sql(stage.todo, stage.output_tokens)).to_pylist():
+                input_tokens = int((r["chars"] or 0) / CHARS_PER_TOKEN)
+                output_tokens = int(r["out_tokens"] or 0)
+                price = price_for(self.prices, r["send_model"])
+                total.add(Estimate(int(r["n"]), input_tokens, output_tokens,
+                                   price.cost(input_tokens, output_tokens) if price else None))
         previous = self.report.estimate
-        if previous:  # a retry round: the report shows what all rounds were estimated at
-            total_report = Estimate(previous["requests"], previous["input_tokens"], previous["output_tokens"],
-                                    previous["cost"])
-            total_report.add(total)
-        else:
-            total_report = total
-        self.report.estimate = {"requests": total_report.requests, "input_tokens": total_report.input_tokens,
-                                "output_tokens": total_report.output_tokens,
-                                "cost": None if total_report.cost is None else round(total_report.cost, 6)}
-        return total
+        shown = Estimate(previous["requests"], previous["input_tokens"], previous["output_tokens"],
+                         previous["cost"]) if previous else Estimate()
+        shown.add(total)  # a retry round: the report shows what all rounds were estimated at
+        self.report.estimate = {"requests": shown.requests, "input_tokens": shown.input_tokens,
+                                "output_tokens": shown.output_tokens,
+                                "cost": None if shown.cost is None else round(shown.cost, 6)}
+        if not self._plan or self.flags.dry_run:
+            return False if not self._plan else None
+        check_model_limits(self.node.name, total, self.settings.max_requests, self.settings.max_estimated_cost)
+        self.budget.reserve(self.node.name, total)
+        return None
 
-    def submit_and_wait(self, plan: list[tuple[str, int]]) -> None:
-        """Stages 3–6: shard, record, submit at most `max_concurrent_jobs` at once, wait, land."""
-        size = self.settings.max_rows_per_job
-        # (model, index, first row, row after the last): a shard's input table is cut from the todo
-        # table only when its job is about to be submitted, so later cuts overlap running jobs.
-        pending: list[tuple[str, int, int, int]] = []
-        for model, rows in plan:
-            for start in range(1, rows + 1, size):
-                pending.append((model, len(pending), start, min(start + size, rows + 1)))
-        self._wait_and_land(list(self._open), pending)
+    def _shard(self, stage: S.Shard) -> None:
+        """Stage: shard boundaries only; a shard's input table is cut when its job is submitted."""
+        size = stage.max_rows_per_job
+        self._shards = [(model, start, min(start + size, rows + 1))
+                        for model, rows in self._plan for start in range(1, rows + 1, size)]
 
-    def build_results(self) -> None:
-        """Stage 7a: the model's relation: each current request row with its latest answer."""
-        self.wh.create_table_as(
-            self.node.relation,
-            f"SELECT q.* EXCEPT (request_hash), a.response, a.status, a.processed_time, q.request_hash, "
-            f"a.job_name, a.model_name, a.attempt FROM {self.requests_rel.render()} q "
-            f"LEFT JOIN {self.responses_rel.render()} a ON a.request_hash = q.request_hash",
-        )
+    def _submit(self, stage: S.Submit) -> bool | None:
+        """Stage: submit up to max_concurrent_jobs; with --no-wait, the rest wait for a later run."""
+        self._top_up(stage.max_concurrent_jobs)
+        if self.flags.no_wait:
+            if self.backend.jobs_outlive_process:
+                self._in_flight = self._jobs
+                self._jobs = []
+                return None  # on to results and report; a later run lands the jobs
+            self.report.warnings.append(
+                f"--no-wait: the {self.backend.name} backend's jobs end with this process, so batchflow waited for them")
+            self._wait(S.Wait(self.settings.poll_interval))
+        return None
 
-    def summarise(self) -> None:
-        """Stage 7b: row outcomes of the model's current rows; tokens and cost of this run's answers."""
-        outcome = self.macro("row_outcome", "response", "status")
-        rows = self.wh.query_arrow(
-            f"SELECT CASE WHEN job_name IS NULL THEN 'missing' ELSE {outcome} END AS outcome, COUNT(*) AS n "
-            f"FROM {self.node.relation.render()} GROUP BY 1 ORDER BY 1"
-        ).to_pylist()
+    def _wait(self, stage: S.Wait, adopted: bool = False) -> None:
+        """Stage: poll until every job ended, topping up to max_concurrent_jobs, landing each as it ends."""
+        total = sum(j.entry.row_count for j in self._jobs) + sum(stop - start for _, start, stop in self._shards)
+        finished_rows = 0
+        interval = stage.poll_interval or getattr(self.backend, "poll_interval", DEFAULT_POLL_INTERVAL)
+        delay = interval
+        unchanged_since = time.monotonic()
+        stopping = False
+        while self._jobs or (self._shards and not adopted and not stopping):
+            if not stopping and self.interrupt.is_set():
+                stopping = True
+                self._shards = []  # nothing new after a signal
+                if not self.backend.jobs_outlive_process:
+                    for job in self._jobs:  # in-process jobs stop after the chunks in flight; land them
+                        self.backend.cancel(job.entry.job_name)
+                else:
+                    break
+            if not adopted and not stopping:
+                self._top_up(self.settings.max_concurrent_jobs)
+            changed = False
+            ended: list[_Job] = []
+            checkpoint("while_waiting")
+            for job in list(self._jobs):
+                try:
+                    status = self.backend.get(job.entry.job_name)
+                except JobNotFoundError:
+                    status = JobStatus(job.entry.job_name, JobState.UNSPECIFIED)
+                    self._jobs.remove(job)
+                    job.status = status
+                    self._close(job, LOST)
+                    changed = True
+                    continue
+                if job.status is None or status.state != job.status.state:
+                    changed = True
+                    self.ledger.update(job.entry.job_key, state=status.state.value, job_state=status.state.value,
+                                       successful_count=status.successful, failed_count=status.failed)
+                job.status = status
+                if status.state.terminal:
+                    ended.append(job)
+                    self._jobs.remove(job)
+                elif rule(status.state.value).rerun is Rerun.ATTENTION:
+                    self._errors.append(f"job {status.name} is PAUSED and needs attention: resume it, or "
+                                        f"`batchflow jobs cancel {job.entry.job_key}` and rerun")
+                    self._jobs.remove(job)
+                    self._in_flight.append(job)
+            try:
+                if ended and not adopted and not stopping:
+                    # Landing takes a while (a merge of the whole output): start the next jobs first,
+                    # so max_concurrent_jobs stay running meanwhile instead of idling behind the merge.
+                    self._top_up(self.settings.max_concurrent_jobs)
+            finally:  # land what ended even when a submit failed
+                for job in ended:
+                    checkpoint("before_land")
+                    self._close(job, job.status.state.value)
+                    finished_rows += job.entry.row_count
+            done = finished_rows + sum(j.status.successful + j.status.failed for j in self._jobs if j.status)
+            failed = sum(j.status.failed for j in self._jobs if j.status)
+            state = ",".join(sorted({j.status.state.value for j in self._jobs if j.status})) or "DONE"
+            self.progress(state, done, failed, total)
+            if self._jobs:
+                if changed:
+                    unchanged_since = time.monotonic()
+                delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since)
+                self.interrupt.wait(delay)
+        if self._jobs:  # interrupted with jobs that outlive us: the ledger has them open
+            self._in_flight.extend(self._jobs)
+            self._jobs = []
+
+    def _land(self, stage: S.Land) -> None:
+        """Stage: each job is landed as it ends (in `_wait`, so max_concurrent_jobs stay busy); nothing
+        is left here. Kept as a stage so the plan shows it and a test can find it."""
+
+    def _rounds(self, stage: S.Rounds) -> bool | None:
+        """Diff → … → land, again while rows are left to (re)send; False from a stage ends the rounds."""
+        for _ in range(stage.max_rounds):
+            for inner in stage.stages:
+                if self.interrupt.is_set():
+                    self.report.interrupted = True
+                    return None
+                if self._evaluate(inner) is False:
+                    return None
+            if self._errors:
+                return None
+        return None
+
+    def _results(self, stage: S.Results) -> None:
+        checkpoint("before_results")
+        self.wh.create_table_as(stage.relation, S.results_sql(stage.requests, stage.responses))
+
+    def _report(self, stage: S.Report) -> None:
+        if self.wh.kind(stage.relation) is None or self.report.interrupted:
+            return
+        rows = self.wh.query_arrow(S.outcomes_sql(stage.relation, self.macro)).to_pylist()
         self.report.outcomes = {r["outcome"]: int(r["n"]) for r in rows}
-        self.report.pending = bool(self._open)
-        self.report.rows_pending = sum(shard.entry.row_count for shard in self._open)
+        self.report.rows_missing = max(0, self.report.outcomes.get("missing", 0) - self.report.rows_pending
+                                       - self.report.rows_invalid)
+        if self._ended_badly and self.report.rows_missing > 0 and not self.flags.no_wait:
+            self._errors.append(
+                f"{self.report.rows_missing:,} row(s) have no answer after job(s) ended badly: "
+                + "; ".join(self._ended_badly) + " (a rerun resends them while attempts remain)")
+        elif self._ended_badly:
+            self.report.warnings.extend(self._ended_badly)
+        if self.report.rows_missing > 0 and not self._ended_badly:
+            self.report.warnings.append(
+                f"{self.report.rows_missing:,} row(s) have no answer after {self.settings.max_attempts} attempt(s); "
+                "`batchflow retry` sends them again")
         if not self._landed_jobs:
             self.report.tokens = {"prompt": 0, "candidates": 0, "total": 0}
             self.report.actual_cost = 0.0
             return
-        jobs = ", ".join(string_literal(j) for j in self._landed_jobs)
-        usage = self.wh.query_arrow(
-            f"SELECT model_name, SUM({self.macro('usage_tokens', 'response', 'promptTokenCount')}) AS prompt, "
-            f"SUM({self.macro('usage_tokens', 'response', 'candidatesTokenCount')}) + "
-            f"COALESCE(SUM({self.macro('usage_tokens', 'response', 'thoughtsTokenCount')}), 0) AS candidates, "
-            f"SUM({self.macro('usage_tokens', 'response', 'totalTokenCount')}) AS total "
-            f"FROM {self.responses_rel.render()} WHERE job_name IN ({jobs}) GROUP BY model_name"
-        ).to_pylist()
+        usage = self.wh.query_arrow(S.usage_sql(stage.responses, self._landed_jobs, self.macro)).to_pylist()
         self.report.tokens = {k: int(sum(u[k] or 0 for u in usage)) for k in ("prompt", "candidates", "total")}
         cost: float | None = 0.0
         for u in usage:
@@ -439,34 +537,31 @@ class BatchLifecycle:
                                                                                  int(u["candidates"] or 0))
         self.report.actual_cost = None if cost is None else round(cost, 6)
 
-    # -- jobs --------------------------------------------------------------------------------
-    def _plan_shard(self, model: str, index: int, start: int, stop: int) -> _Shard:
+    # -- jobs ----------------------------------------------------------------------------------------
+    def _top_up(self, limit: int) -> None:
+        while self._shards and len(self._jobs) < limit and not self.interrupt.is_set():
+            self._job_seq += 1
+            job = self._cut(*self._shards.pop(0), index=self._job_seq)
+            self._create(job)
+            self._jobs.append(job)
+
+    def _cut(self, model: str, start: int, stop: int, index: int) -> _Job:
+        """A shard's input table and ledger entry; each job of a run has its own key and tables."""
         base = self.node.relation.identifier
-        suffix = f"{self.run_id}_{index:04d}"
-        shard_input = self.requests_rel.with_identifier(f"{base}__in_{suffix}")
-        output = self.requests_rel.with_identifier(f"{base}__out_{suffix}")
-        rows = self.wh.create_table_as(
-            shard_input,
-            f"SELECT request_hash, request FROM {self.todo_rel.render()} "
-            f"WHERE send_model = {string_literal(model)} AND shard_row >= {start} AND shard_row < {stop}",
-        )
-        fingerprint = self.wh.query_arrow(
-            f"SELECT TO_HEX(SHA256(STRING_AGG(request_hash, ',' ORDER BY request_hash))) AS f FROM {shard_input.render()}"
-        ).column("f")[0].as_py()
+        suffix = f"{self.run_id}_r{self._round}_{index:04d}"
+        requests = self.plan_todo
+        shard_input = requests.with_identifier(f"{base}__in_{suffix}")
+        output = requests.with_identifier(f"{base}__out_{suffix}")
+        rows = self.wh.create_table_as(shard_input, S.shard_input_sql(self.plan_todo, model, start, stop))
+        retried = int(self.wh.query_arrow(S.shard_retried_sql(self.plan_todo, model, start, stop)).column("r")[0].as_py() or 0)
+        fingerprint = self.wh.query_arrow(S.fingerprint_sql(shard_input)).column("f")[0].as_py()
         entry = LedgerEntry(
-            job_key=f"{self.run_id}-{_label(self.node.name)}-{index}",
-            job_name=None,
-            node=self.node.name,
-            run_id=self.run_id,
-            shard=index,
-            gemini_model=model,
-            input_table=str(shard_input),
-            output_table=str(output),
-            fingerprint=fingerprint or "",
-            state=SUBMITTING,
-            row_count=rows,
+            job_key=f"{self.run_id}-{_label(self.node.name)}-r{self._round}-{index}",
+            job_name=None, node=self.node.name, run_id=self.run_id, shard=index, gemini_model=model,
+            input_table=str(shard_input), output_table=str(output), fingerprint=fingerprint or "",
+            state=SUBMITTING, row_count=rows,
         )
-        return _Shard(index, entry, shard_input, output)
+        return _Job(entry, shard_input, output, retried=retried)
 
     def _labels(self, entry: LedgerEntry) -> dict[str, str]:
         return {
@@ -476,27 +571,29 @@ class BatchLifecycle:
             "batchflow_job_key": _label(entry.job_key),
         }
 
-    def _submit(self, shard: _Shard) -> None:
+    def _create(self, job: _Job) -> None:
         # Record the intent first: if we die between create() and the update below, the next
         # run finds the job by its labels instead of creating a second, paid one.
-        self.ledger.record(shard.entry)
+        self.ledger.record(job.entry)
+        checkpoint("after_ledger_record")
         spec = JobSpec(
-            model=shard.entry.gemini_model,
-            input=shard.input,
-            output=shard.output,
-            display_name=f"batchflow-{shard.entry.job_key}"[:128],
-            labels=self._labels(shard.entry),
-            hash_model=self.settings.model,  # build() hashed every row with the primary model
+            model=job.entry.gemini_model, input=job.input, output=job.output,
+            display_name=f"batchflow-{job.entry.job_key}"[:128], labels=self._labels(job.entry),
+            hash_model=self.settings.model,  # build hashed every row with the primary model
         )
         try:
-            shard.status = self.backend.submit(spec)
+            job.status = self.backend.submit(spec)
         except BatchflowError as exc:
             # The backend already looked for a half-created job by its labels; leave the row
             # SUBMITTING so the next run looks again before anything is resubmitted.
-            self.ledger.update(shard.entry.job_key, error=str(exc))
+            self.ledger.update(job.entry.job_key, error=str(exc))
             raise
-        shard.entry.job_name = shard.status.name
-        self.ledger.update(shard.entry.job_key, job_name=shard.status.name, state=shard.status.state.value)
+        checkpoint("after_create")
+        job.entry.job_name = job.status.name
+        self.report.rows_sent += job.entry.row_count
+        self.report.rows_retried += job.retried
+        self.ledger.update(job.entry.job_key, job_name=job.status.name, state=job.status.state.value,
+                           job_state=job.status.state.value)
 
     def _find_job(self, entry: LedgerEntry) -> JobStatus | None:
         if entry.job_name:
@@ -506,103 +603,66 @@ class BatchLifecycle:
                 return None  # other errors propagate: an unreachable backend is not a lost job
         found = self.backend.list({"batchflow_job_key": _label(entry.job_key)})
         if found:
-            self.ledger.update(entry.job_key, job_name=found[0].name, state=found[0].state.value)
+            self.ledger.update(entry.job_key, job_name=found[0].name, state=found[0].state.value,
+                               job_state=found[0].state.value)
             entry.job_name = found[0].name
             return found[0]
         return None
 
-    def _wait_and_land(self, active: list[_Shard], pending: list[tuple[str, int, int, int]]) -> None:
-        total = sum(s.entry.row_count for s in active) + sum(stop - start for _, _, start, stop in pending)
-        finished_rows = 0
-        interval = self.settings.poll_interval or getattr(self.backend, "poll_interval", 5.0)
-        delay = interval
-        unchanged_since = time.monotonic()
-        self._open = []
+    def _close(self, job: _Job, state: str) -> None:
+        """Land whatever an ended job left (any state), record the rows it did not answer, close its
+        ledger row and drop its tables. Safe to repeat: a crash anywhere in here lands it again."""
+        status = job.status
+        name = (status.name if status and status.name else None) or job.entry.job_name or job.entry.job_key
+        has_output = self.wh.kind(job.output) is not None
+        has_input = self.wh.kind(job.input) is not None
+        output_rows = self._merge(job.output, name, job.entry.gemini_model) if has_output else 0
+        missing = 0
+        if has_input:
+            missing = self._count(job.input) - (self._count_answered(job) if has_output else 0)
+            if missing > 0:
+                self.wh.merge_into(self.plan_responses, S.missing_sql(
+                    job.input, job.output if has_output else None, self.plan_responses, name, job.entry.gemini_model),
+                    ["request_hash"])
+        checkpoint("during_merge")
+        closed = LANDED if has_output else CLOSED
+        self.ledger.update(job.entry.job_key, state=closed, job_state=state, missing_count=max(missing, 0),
+                           successful_count=status.successful if status else 0,
+                           failed_count=status.failed if status else 0, error=status.error if status else None)
+        if has_output:
+            self._landed_jobs.append(name)
+        # Only after the ledger says so: until then the raw output is the one copy of what was paid for.
+        self.wh.drop(job.output)
+        self.wh.drop(job.input)
+        self.report.jobs.append({"name": name, "state": state, "model": job.entry.gemini_model,
+                                 "rows": job.entry.row_count, "successful": status.successful if status else 0,
+                                 "failed": status.failed if status else 0, "missing": max(missing, 0),
+                                 "landed_rows": output_rows})
+        if state != JobState.SUCCEEDED.value:
+            text = f"job {name} ended {state}" + (f": {status.error}" if status and status.error else "")
+            if missing > 0:
+                text += f" ({missing:,} of its {job.entry.row_count:,} row(s) had no answer)"
+            self._ended_badly.append(text)
 
-        def top_up() -> None:
-            while pending and len(active) < self.settings.max_concurrent_jobs:
-                shard = self._plan_shard(*pending.pop(0))
-                self._submit(shard)
-                active.append(shard)
+    def _merge(self, output: Relation, job_name: str, model: str) -> int:
+        types = {c.name: c.type for c in self.wh.columns(output)}
+        sql = S.land_sql(output, self.plan_responses, job_name, model, types.get("request") == "JSON",
+                         types.get("response") == "JSON")
+        return self.wh.merge_into(self.plan_responses, sql, ["request_hash"])
 
-        while active or pending:
-            top_up()
-            changed = False
-            finished: list[_Shard] = []
-            for shard in list(active):
-                assert shard.entry.job_name is not None
-                status = self.backend.get(shard.entry.job_name)
-                if shard.status is None or status.state != shard.status.state:
-                    changed = True
-                    self.ledger.update(shard.entry.job_key, state=status.state.value,
-                                       successful_count=status.successful, failed_count=status.failed)
-                shard.status = status
-                if status.state.terminal:
-                    finished.append(shard)
-                    active.remove(shard)
-                elif status.state == JobState.PAUSED:
-                    self._errors.append(f"job {status.name} is PAUSED and needs attention")
-                    active.remove(shard)
-            try:
-                if finished and not self.flags.no_wait:
-                    # Landing takes a while (a merge of the whole output): start the next jobs first,
-                    # so max_concurrent_jobs stay running meanwhile instead of idling behind the merge.
-                    top_up()
-            finally:  # land what finished even when a submit failed
-                for shard in finished:
-                    self._finish(shard)
-                    finished_rows += shard.entry.row_count
-            done = finished_rows + sum((s.status.successful + s.status.failed) for s in active if s.status)
-            failed = sum(s.status.failed for s in active if s.status)
-            state = ",".join(sorted({s.status.state.value for s in active if s.status})) or "DONE"
-            self.progress(state, done, failed, total)
-            if self.flags.no_wait:
-                # Leave running jobs to a later run, which adopts them from the ledger. Shards that
-                # did not fit under max_concurrent_jobs were never cut nor recorded: their rows are
-                # simply still unanswered, and a later run's diff sends them.
-                self._open = list(active)
-                return
-            if active:
-                if changed:
-                    unchanged_since = time.monotonic()
-                delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since)
-                time.sleep(delay)
+    def _count(self, relation: Relation) -> int:
+        return int(self.wh.query_arrow(S.count_sql(relation)).column("n")[0].as_py())
 
-    def _finish(self, shard: _Shard) -> None:
-        status = shard.status
-        assert status is not None
-        self.report.jobs.append({"name": status.name, "state": status.state.value, "model": shard.entry.gemini_model,
-                                 "rows": shard.entry.row_count, "successful": status.successful,
-                                 "failed": status.failed})
-        if status.state.has_output and self.wh.kind(shard.output) is not None:
-            self._land(shard)
-            self.ledger.update(shard.entry.job_key, state=LANDED, successful_count=status.successful,
-                               failed_count=status.failed)
-            self._landed_jobs.append(status.name)
-            # Only after the merge committed: the raw output is the one copy until then.
-            self.wh.drop(shard.output)
-        else:
-            self.ledger.update(shard.entry.job_key, state=status.state.value, error=status.error)
-        self.wh.drop(shard.input)
-        if status.state != JobState.SUCCEEDED:
-            self._errors.append(f"job {status.name} ended {status.state.value}" + (f": {status.error}" if status.error else ""))
+    def _count_answered(self, job: _Job) -> int:
+        return int(self.wh.query_arrow(
+            f"SELECT COUNT(*) AS n FROM {job.input.render()} WHERE request_hash IN "
+            f"(SELECT request_hash FROM {job.output.render()})").column("n")[0].as_py())
 
-    def _land(self, shard: _Shard) -> None:
-        """Stage 6: merge a job's output into the responses store, keyed by request hash, atomically."""
-        types = {c.name: c.type for c in self.wh.columns(shard.output)}
-        response = "o.response" if types.get("response") == "JSON" else "SAFE.PARSE_JSON(o.response)"
-        request = "o.request" if types.get("request") == "JSON" else "SAFE.PARSE_JSON(o.request)"
-        job_name = string_literal(shard.status.name if shard.status else shard.entry.job_name)
-        self.wh.merge_into(
-            self.responses_rel,
-            f"SELECT o.request_hash, {request} AS request, {response} AS response, "
-            f"o.status, o.processed_time, {job_name} AS job_name, {string_literal(shard.entry.gemini_model)} AS model_name, "
-            f"COALESCE(p.attempt, 0) + 1 AS attempt, CURRENT_TIMESTAMP() AS landed_at "
-            f"FROM {shard.output.render()} o LEFT JOIN {self.responses_rel.render()} p ON p.request_hash = o.request_hash",
-            ["request_hash"],
-        )
+    @property
+    def plan_responses(self) -> Relation:
+        return batch_results_relations(self.node.relation)["responses"]
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------------------------
     def _key_sql(self) -> str:
         if not self.settings.key:
             return "ROW_NUMBER() OVER ()"
@@ -612,10 +672,6 @@ class BatchLifecycle:
 
     def _key_label(self) -> str:
         return "|".join(self.settings.key) if self.settings.key else "row"
-
-
-def _strip(sql: str) -> str:
-    return sql.strip().rstrip(";").strip()
 
 
 def _label(value: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 from batchflow.batch.base import BatchBackend
 from batchflow.compiler import Compiler, Manifest, Node, inline_unbuilt
 from batchflow.errors import BatchflowError
+from batchflow.interrupt import Interrupt
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
 from batchflow.lifecycle import BatchLifecycle, RunFlags
@@ -31,7 +32,9 @@ class NodeResult:
     name: str
     resource_type: str
     materialized: str
-    status: str  # "success" | "error" | "skipped" | "pending" (batch jobs still running, --no-wait)
+    #: "success" | "error" | "skipped" | "pending" (batch jobs still running, --no-wait) | "interrupted"
+    #: (a signal stopped it: what finished is landed, jobs still running stay in the ledger)
+    status: str
     relation: str = ""
     message: str = ""
     rows: int | None = None
@@ -78,6 +81,7 @@ class RunOptions:
     full_refresh: bool = False
     load_source_samples: bool = False  # local target: sources are read from their sample CSVs
     batch: RunFlags = field(default_factory=RunFlags)
+    interrupt: Interrupt = field(default_factory=Interrupt)  # set by a signal: start nothing new
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3])
 
 
@@ -144,6 +148,13 @@ class Runner:
                     remaining.remove(name)
                     failed = [d for d in deps[name] if results[d].status != "success" or self._dry_batch(d)]
                     node = self.manifest.nodes[name]
+                    if self.options.interrupt.is_set():
+                        results[name] = NodeResult(
+                            name=node.name, resource_type=node.resource_type, materialized=node.materialized,
+                            status="skipped", relation=str(node.relation), path=node.path,
+                            message=f"skipped: the run was interrupted ({self.options.interrupt.name})")
+                        self.reporter.node_finished(node, results[name], index[name], len(order))
+                        continue
                     if failed:
                         results[name] = self._skipped(node, failed, results)
                         self.reporter.node_finished(node, results[name], index[name], len(order))
@@ -174,7 +185,9 @@ class Runner:
 
     def _skipped(self, node: Node, failed: list[str], results: dict[str, NodeResult]) -> NodeResult:
         reasons = {results[d].status for d in failed}
-        if reasons == {"pending"}:
+        if reasons == {"interrupted"}:
+            why = f"upstream {', '.join(failed)} was interrupted"
+        elif reasons == {"pending"}:
             why = f"upstream {', '.join(failed)} has batch jobs still running; a later run builds this"
         elif self.options.batch.dry_run and all(self._dry_batch(d) or results[d].status == "skipped" for d in failed):
             why = f"dry run: upstream {', '.join(failed)} submitted nothing"
@@ -255,6 +268,7 @@ class Runner:
                 prices=self.prices,
                 budget=self.budget,
                 flags=self.options.batch,
+                interrupt=self.options.interrupt,
                 progress=lambda state, done, failed, total: self.reporter.batch_progress(
                     node, state, done, failed, total
                 ),
@@ -263,7 +277,12 @@ class Runner:
                 report = lifecycle.run()
             finally:
                 result.batch = lifecycle.report.as_dict()
-            if report.pending:
+            if report.interrupted:
+                result.status = "interrupted"
+                result.message = (f"interrupted: {report.rows_pending:,} request(s) in jobs still running are "
+                                  "recorded in the ledger; the next run lands them" if report.rows_pending
+                                  else "interrupted")
+            elif report.pending:
                 result.status = "pending"
                 result.message = f"{report.rows_pending:,} request(s) in batch jobs still running"
             return report.rows_total

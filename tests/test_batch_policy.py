@@ -137,26 +137,26 @@ def test_next_shard_is_cut_and_submitted_before_a_finished_one_lands(cli: CLI, m
     from batchflow.lifecycle import BatchLifecycle
 
     events: list[tuple[str, str, int]] = []
-    real_submit, real_land = LocalBackend.submit, BatchLifecycle._land
+    real_submit, real_land = LocalBackend.submit, BatchLifecycle._close
 
     def submit(self, spec):  # type: ignore[no-untyped-def]
-        base = spec.input.identifier[:-4]  # <model>__in_<run>_NNNN
-        inputs = sum(self.warehouse.kind(spec.input.with_identifier(f"{base}{i:04d}")) is not None for i in range(6))
+        base = spec.input.identifier[:-4]  # <model>__in_<run>_r<round>_NNNN
+        inputs = sum(self.warehouse.kind(spec.input.with_identifier(f"{base}{i:04d}")) is not None for i in range(8))
         events.append(("submit", spec.input.identifier[-4:], inputs))
         return real_submit(self, spec)
 
-    def land(self, shard):  # type: ignore[no-untyped-def]
-        events.append(("land", shard.input.identifier[-4:], 0))
-        return real_land(self, shard)
+    def land(self, job, state):  # type: ignore[no-untyped-def]
+        events.append(("land", job.input.identifier[-4:], 0))
+        return real_land(self, job, state)
 
     monkeypatch.setattr(LocalBackend, "submit", submit)
-    monkeypatch.setattr(BatchLifecycle, "_land", land)
+    monkeypatch.setattr(BatchLifecycle, "_close", land)
     set_project_batch(cli, max_rows_per_job=10, max_concurrent_jobs=1)
     assert cli("build").exit_code == 0, [r.get("message") for r in cli.run_results()["results"]]
 
     order = [(kind, shard) for kind, shard, _ in events]
-    assert sorted(order) == sorted([(k, f"{i:04d}") for i in range(6) for k in ("submit", "land")])
-    for i in range(5):  # shard i+1 went out before shard i was landed
+    assert sorted(order) == sorted([(k, f"{i:04d}") for i in range(1, 7) for k in ("submit", "land")])
+    for i in range(1, 6):  # shard i+1 went out before shard i was landed
         assert order.index(("submit", f"{i + 1:04d}")) < order.index(("land", f"{i:04d}"))
     # At each submit: at most the new shard's input and the one still landing exist.
     assert max(inputs for kind, _, inputs in events if kind == "submit") <= 2

@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Protocol
 
 from batchflow.errors import ExecutionError
+from batchflow.batch.states import JobState  # noqa: F401  (re-exported: backends use it)
 from batchflow.relation import Relation
 
 
 class JobNotFoundError(ExecutionError):
     """The backend does not know the job (deleted, another project, or an in-process job of a
     process that ended). Only this error lets a rerun give a recorded job up as lost."""
-
-
-class JobState(str, Enum):
-    """Vertex batch job states (without the `JOB_STATE_` prefix)."""
-
-    UNSPECIFIED = "UNSPECIFIED"
-    QUEUED = "QUEUED"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    PARTIALLY_SUCCEEDED = "PARTIALLY_SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLING = "CANCELLING"
-    CANCELLED = "CANCELLED"
-    PAUSED = "PAUSED"
-    EXPIRED = "EXPIRED"
-    UPDATING = "UPDATING"
-
-    @classmethod
-    def parse(cls, value: str | None) -> "JobState":
-        """Accept `JOB_STATE_RUNNING`, `RUNNING` or an SDK enum; unknown values map to UNSPECIFIED."""
-        if value is None:
-            return cls.UNSPECIFIED
-        text = getattr(value, "value", value)
-        text = str(text).upper().removeprefix("JOB_STATE_")
-        try:
-            return cls(text)
-        except ValueError:
-            return cls.UNSPECIFIED
-
-    @property
-    def terminal(self) -> bool:
-        """True when the job will not change state again (PARTIALLY_SUCCEEDED included)."""
-        return self in TERMINAL_STATES
-
-    @property
-    def has_output(self) -> bool:
-        """True when the job's output table may hold rows to land."""
-        return self in (JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED, JobState.CANCELLED, JobState.EXPIRED)
-
-
-TERMINAL_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
-)
 
 
 @dataclass(frozen=True)
@@ -95,6 +51,13 @@ class BatchBackend(Protocol):
     """Submit, poll, cancel and list batch jobs. Backends never retry `submit` on their own."""
 
     name: str
+    #: Capabilities, declared by each backend class (never probed). True when a job keeps running
+    #: after the process that submitted it ends (Vertex: jobs run remotely); False when it dies with
+    #: the process (local), so a later process gets JobNotFoundError for it, and its output table
+    #: holds what it committed before it died.
+    jobs_outlive_process: bool
+    #: seconds between polls of a running job, by default
+    poll_interval: float
 
     def submit(self, spec: JobSpec) -> JobStatus:
         """Create the job and return its first status (with its full name)."""

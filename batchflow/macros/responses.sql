@@ -39,7 +39,10 @@ JSON_VALUE({{ response }}, '$.promptFeedback.blockReason')
 JSON_VALUE({{ response }}, '$.modelVersion')
 {%- endmacro %}
 
-{# row_outcome(response, status) -> STRING, the first that applies:
+{# row_outcome(response, status, request=none) -> STRING, the first that applies:
+     'missing'           response and status are both NULL: the row was sent and its job left it out of
+                         the output (EXPIRED, CANCELLED, PARTIALLY_SUCCEEDED, a lost local job), or it
+                         was never answered;
      'row_error'         status is non-empty, or response is NULL, or the response holds neither a
                          candidate nor a blockReason (an empty answer);
      'prompt_blocked'    no candidate, promptFeedback.blockReason set;
@@ -49,12 +52,31 @@ JSON_VALUE({{ response }}, '$.modelVersion')
                          anything but STOP / MAX_TOKENS (OTHER, LANGUAGE, MALFORMED_FUNCTION_CALL,
                          NO_IMAGE, ..., or missing);
      'truncated'         finishReason MAX_TOKENS;
+     'invalid_json'      (only when `request` is given) the request asked for JSON
+                         (responseMimeType application/json) and the answer text does not parse;
      'ok'                otherwise (including STOP with only function-call parts). #}
-{% macro row_outcome(response, status) -%}
-{%- if target is defined and target.type == 'duckdb' -%}
+{% macro row_outcome(response, status, request=none) -%}
+{%- if request and target is defined and target.type == 'duckdb' -%}
+bf_row_outcome_json({{ response }}, {{ status }}, {{ request }})
+{%- elif target is defined and target.type == 'duckdb' -%}
 bf_row_outcome({{ response }}, {{ status }})
-{%- else -%}
+{%- elif request -%}
 CASE
+    WHEN ({{ bf_row_outcome_bq(response, status) }}) = 'ok'
+         AND LOWER(COALESCE(JSON_VALUE({{ request }}, '$.generationConfig.responseMimeType'),
+                            JSON_VALUE({{ request }}, '$.generation_config.response_mime_type'), '')) = 'application/json'
+         AND SAFE.PARSE_JSON({{ response_text(response) }}) IS NULL THEN 'invalid_json'
+    ELSE {{ bf_row_outcome_bq(response, status) }}
+END
+{%- else -%}
+{{ bf_row_outcome_bq(response, status) }}
+{%- endif %}
+{%- endmacro %}
+
+{# bf_row_outcome_bq(response, status): row_outcome in BigQuery SQL. Internal helper. #}
+{% macro bf_row_outcome_bq(response, status) -%}
+CASE
+    WHEN {{ status }} IS NULL AND {{ response }} IS NULL THEN 'missing'
     WHEN COALESCE({{ status }}, '') != '' OR {{ response }} IS NULL THEN 'row_error'
     WHEN {{ bf_candidate_path(response, 'JSON_QUERY', '') }} IS NULL THEN
         IF({{ block_reason(response) }} IS NOT NULL, 'prompt_blocked', 'row_error')
@@ -63,7 +85,6 @@ CASE
     WHEN {{ response_text(response) }} IS NULL AND COALESCE({{ finish_reason(response) }}, '') != 'STOP' THEN 'candidate_blocked'
     ELSE 'ok'
 END
-{%- endif %}
 {%- endmacro %}
 
 {# bf_status_error(status): the google.rpc error JSON inside a status text such as

@@ -87,6 +87,7 @@ _MACROS: tuple[str, ...] = (
     " 'severity': x.severity, 'severity_score': TRY_CAST(x.severityScore AS DOUBLE),"
     " 'blocked': coalesce(bf_safe_cast_bool(x.blocked), false)}), [])",
     "bf__outcome(r, s, c) AS CASE"
+    " WHEN s IS NULL AND r IS NULL THEN 'missing'"
     " WHEN coalesce(s, '') <> '' OR r IS NULL THEN 'row_error'"
     " WHEN c IS NULL THEN CASE WHEN bf_json_value(r, '$.promptFeedback.blockReason') IS NOT NULL"
     " THEN 'prompt_blocked' ELSE 'row_error' END"
@@ -96,6 +97,11 @@ _MACROS: tuple[str, ...] = (
     " WHEN coalesce(c.finishReason, '') <> 'STOP' AND bf__parts_text(c.content.parts) IS NULL THEN 'candidate_blocked'"
     " ELSE 'ok' END",
     "bf_row_outcome(r, s) AS list_transform([bf__candidate_text(r)], lambda c: bf__outcome(r, s, c))[1]",
+    # JSON mode (the request asked for application/json) and a text that does not parse: invalid_json
+    "bf_row_outcome_json(r, s, q) AS list_transform([bf_row_outcome(r, s)], lambda o: CASE WHEN o = 'ok'"
+    " AND lower(coalesce(bf_json_value(q, '$.generationConfig.responseMimeType'),"
+    " bf_json_value(q, '$.generation_config.response_mime_type'), '')) = 'application/json'"
+    " AND NOT coalesce(json_valid(bf_response_text(r)), false) THEN 'invalid_json' ELSE o END)[1]",
     "bf__citations(cs) AS list_transform(cs, lambda x: {'start_index': coalesce(bf_safe_cast_int64(x.startIndex), 0),"
     " 'end_index': bf_safe_cast_int64(x.endIndex), 'uri': x.uri, 'title': x.title, 'license': x.license})",
     "bf_citations(r) AS coalesce(list_transform([bf__candidate_citations(r).citationMetadata],"
