@@ -217,6 +217,8 @@ def _batch_lines(b: dict[str, Any]) -> list[str]:
     lines = [f"rows {b['rows_total']:,}: {sent}, reused {b['rows_reused']:,}, duplicate {b['rows_duplicate']:,}, "
              f"invalid {b['rows_invalid']:,}" + (f", pending {b['rows_pending']:,}" if b.get("rows_pending") else "")
              + (f", missing {b['rows_missing']:,}" if b.get("rows_missing") else "")]
+    if b.get("dry_run") and b.get("plan"):
+        lines.append(f"plan: {b['plan']}")
     est = b.get("estimate") or {}
     if est:
         lines.append(f"estimate: {est['requests']:,} requests, ~{est['input_tokens']:,} input + "
@@ -538,6 +540,8 @@ def _jobs_cancel(job: str, project_dir: Path, profiles_dir: Optional[Path], targ
         backend.cancel(entry.job_name)
         after = backend.get(entry.job_name)
         ledger.update(entry.job_key, state=after.state.value, job_state=after.state.value)
+        if after.state.terminal and after.state is not JobState.CANCELLED:
+            raise ConfigError(f"job {job!r} ended {after.state.value} before the cancel reached it; nothing to cancel")
     finally:
         warehouse.close()
     done = after.state is JobState.CANCELLED

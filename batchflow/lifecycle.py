@@ -136,6 +136,7 @@ class BatchReport:
     actual_cost: float | None = None  # this run's answers at the configured price
     rows_missing: int = 0  # rows without an answer at the end (sent and lost, or never sent)
     dry_run: bool = False  # nothing was submitted; `would_send` says what a run would
+    plan: str = ""  # the stages this run evaluates (`--dry-run` prints it)
     pending: bool = False
     interrupted: bool = False  # a signal stopped the run; open jobs stay in the ledger
     warnings: list[str] = field(default_factory=list)
@@ -218,7 +219,7 @@ class BatchLifecycle:
         merged.update(node.config)
         self.settings = BatchSettings.from_config(merged, node.path)
         self.plan = plan_batch(node, self.settings, self.flags)
-        self.report = BatchReport(dry_run=self.flags.dry_run)
+        self.report = BatchReport(dry_run=self.flags.dry_run, plan=self.plan.describe())
         self._errors: list[str] = []
         self._ended_badly: list[str] = []  # jobs of this run that ended other than SUCCEEDED
         self._in_flight: list[_Job] = []  # open jobs whose rows must not be sent again

@@ -41,6 +41,10 @@ _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
 _PAGE_SIZE = 100
+#: create() waits at most this long (ms) for an answer; a timeout is an ambiguous create, resolved by
+#: looking the job up by its label before any new attempt (a hung create must not hang the run)
+CREATE_TIMEOUT_MS = 120_000
+_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 T = TypeVar("T")
 
 
@@ -55,6 +59,10 @@ class VertexBackend:
     """
 
     name = "vertex"
+    #: jobs run on Vertex: they go on when this process ends, and a rerun adopts them by name
+    jobs_outlive_process = True
+    #: the default poll interval; the constructor's `poll_interval` sets this instance's
+    poll_interval: float = 30.0
 
     def __init__(
         self,
@@ -81,6 +89,8 @@ class VertexBackend:
         self.poll_interval = poll_interval
         self.retry_attempts = max(1, retry_attempts)
         self.retry_delay = retry_delay
+        if credentials is None and client is None:
+            credentials = _default_credentials()
         self._credentials = credentials
         self._http_options = (
             types.HttpOptions(base_url=base_url, api_version=api_version) if base_url or api_version else None
@@ -100,7 +110,7 @@ class VertexBackend:
         config = types.CreateBatchJobConfig(
             dest=spec.output.bq_uri,
             display_name=spec.display_name,
-            http_options=types.HttpOptions(extra_body={"labels": dict(spec.labels)}),
+            http_options=types.HttpOptions(extra_body={"labels": dict(spec.labels)}, timeout=CREATE_TIMEOUT_MS),
         )
         # Adopt by the job key when there is one, else by all labels; with no labels we cannot tell.
         key = {JOB_KEY_LABEL: spec.labels[JOB_KEY_LABEL]} if JOB_KEY_LABEL in spec.labels else dict(spec.labels)
@@ -333,6 +343,22 @@ def _raw(client: genai.Client, method: str, path: str) -> dict:
     """A REST call through the client's own transport (auth, base URL, API version); JSON body as dict."""
     response = client._api_client.request(method, path, {})  # private, but the SDK's own code path
     return json.loads(response.body) if response.body else {}
+
+
+def _default_credentials() -> Any:
+    """Application default credentials, looked up now: without them the first API call would fail deep
+    inside the SDK with a long traceback, after the upstream models already ran."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        credentials, _ = google.auth.default(scopes=list(_SCOPES))
+    except DefaultCredentialsError as exc:
+        raise ConfigError(
+            f"the vertex backend found no Google credentials ({str(exc).splitlines()[0]}); run "
+            "`gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service "
+            "account key file, or give the target's `batch:` an `access_token`") from None
+    return credentials
 
 
 def _iso(value: _dt.datetime | None) -> str | None:
