@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 # there are not. Names imported only for type checking are written as strings below.
 
 APP_HELP = "batchflow: dbt-style SQL projects for Gemini batch prediction (BigQuery in, BigQuery out)."
+LOG_FORMATS = ("text", "json")
+LS_OUTPUTS = ("name", "path", "json")
+JOBS_OUTPUTS = ("table", "json")
+RESOURCE_TYPES = ("model", "seed", "source")
+#: options that take several values after one flag, as dbt's do (`-s a b` is `-s a -s b`)
+MULTI_VALUE_OPTIONS = frozenset({"--select", "-s", "--exclude"})
 
 _consoles: dict[str, "Console"] = {}
 
@@ -558,9 +564,18 @@ def _build_app() -> "typer.Typer":
         return globals()["app"]
     from typing import Annotated
 
+    from enum import Enum
+
     import typer
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=APP_HELP)
+
+    # Choices as str enums: typer checks them (exit 2 with the allowed values), and a member compares
+    # equal to its text, so the functions below take plain strings.
+    LogFormat = Enum("LogFormat", {v: v for v in LOG_FORMATS}, type=str)
+    LsOutput = Enum("LsOutput", {v: v for v in LS_OUTPUTS}, type=str)
+    JobsOutput = Enum("JobsOutput", {v: v for v in JOBS_OUTPUTS}, type=str)
+    ResourceType = Enum("ResourceType", {v: v for v in RESOURCE_TYPES}, type=str)
 
     ProjectDir = Annotated[Path, typer.Option("--project-dir", help="Folder holding batchflow_project.yml.")]
     ProfilesDir = Annotated[Optional[Path], typer.Option("--profiles-dir", help="Folder holding profiles.yml.")]
@@ -568,9 +583,9 @@ def _build_app() -> "typer.Typer":
     SelectOpt = Annotated[Optional[list[str]], typer.Option("--select", "-s", help="dbt selection syntax.")]
     ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="dbt selection syntax.")]
     VarsOpt = Annotated[Optional[str], typer.Option("--vars", help="YAML/JSON mapping of project vars.")]
-    ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="Models built at once.")]
+    ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Models built at once (1 or more).")]
     FullRefreshOpt = Annotated[bool, typer.Option("--full-refresh", help="Rebuild incremental models from scratch.")]
-    LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json.")]
+    LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="Output as text or JSON events.")]
     DryRunOpt = Annotated[bool, typer.Option(
         "--dry-run", help="Build and validate requests, count and estimate cost; submit nothing.")]
     NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Submit batch jobs and exit; a later run lands them.")]
@@ -582,7 +597,7 @@ def _build_app() -> "typer.Typer":
     @app.command("test")
     def test_command(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
                      select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-                     log_format: LogFormatOpt = "text") -> None:
+                     log_format: LogFormatOpt = LogFormat.text) -> None:
         """Run the data tests (not_null, unique, accepted_values, relationships) of the selected nodes."""
         try:
             _test(project_dir, profiles_dir, target, select, exclude, vars, log_format)
@@ -592,7 +607,7 @@ def _build_app() -> "typer.Typer":
     @app.command()
     def retry(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
               select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-              log_format: LogFormatOpt = "text", no_wait: NoWaitOpt = False) -> None:
+              log_format: LogFormatOpt = LogFormat.text, no_wait: NoWaitOpt = False) -> None:
         """Resend only the failed rows of the selected batch models (same as `run --retry-failed`)."""
         from batchflow.lifecycle import RunFlags
 
@@ -605,7 +620,7 @@ def _build_app() -> "typer.Typer":
     @app.command()
     def run(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
             select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-            full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text", dry_run: DryRunOpt = False,
+            full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = LogFormat.text, dry_run: DryRunOpt = False,
             no_wait: NoWaitOpt = False, retry_failed: RetryFailedOpt = False,
             resubmit_batches: ResubmitOpt = False) -> None:
         """Build the selected models (batch models submit their requests and land the answers)."""
@@ -618,7 +633,7 @@ def _build_app() -> "typer.Typer":
     @app.command()
     def build(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
               select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-              full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = "text", dry_run: DryRunOpt = False,
+              full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = LogFormat.text, dry_run: DryRunOpt = False,
               no_wait: NoWaitOpt = False, retry_failed: RetryFailedOpt = False,
               resubmit_batches: ResubmitOpt = False) -> None:
         """Load seeds, then build the selected models, in dependency order."""
@@ -632,7 +647,7 @@ def _build_app() -> "typer.Typer":
     @app.command()
     def compile(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
                 select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-                log_format: LogFormatOpt = "text",
+                log_format: LogFormatOpt = LogFormat.text,
                 validate: Annotated[bool, typer.Option("--validate", help="Also dry-run each model in the warehouse.")]
                 = False) -> None:
         """Render and parse every model; write target/compiled/ and target/manifest.json. Runs nothing."""
@@ -644,8 +659,10 @@ def _build_app() -> "typer.Typer":
     @app.command("ls")
     def list_nodes(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
                    select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-                   resource_type: Annotated[Optional[str], typer.Option("--resource-type")] = None,
-                   output: Annotated[str, typer.Option("--output", help="name, path or json.")] = "name") -> None:
+                   resource_type: Annotated[Optional[ResourceType], typer.Option(
+                       "--resource-type", help="Only nodes of this type.")] = None,
+                   output: Annotated[LsOutput, typer.Option("--output", help="Names, paths or JSON lines.")]
+                   = LsOutput.name) -> None:
         """List the selected nodes in dependency order."""
         try:
             _list_nodes(project_dir, profiles_dir, target, select, exclude, vars, resource_type, output)
@@ -668,7 +685,8 @@ def _build_app() -> "typer.Typer":
     def jobs_list(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
                   all_jobs: Annotated[bool, typer.Option("--all", help="Include landed, lost and failed jobs.")] = False,
                   model: Annotated[Optional[str], typer.Option("--model", help="Only this batch model.")] = None,
-                  output: Annotated[str, typer.Option("--output", help="table or json.")] = "table") -> None:
+                  output: Annotated[JobsOutput, typer.Option("--output", help="A table or JSON lines.")]
+                  = JobsOutput.table) -> None:
         """Jobs of the ledger with their live state and completion counts."""
         try:
             _jobs_list(project_dir, profiles_dir, target, all_jobs, model, output)
@@ -751,6 +769,8 @@ def _ls_arguments(argv: list[str]) -> Optional[dict[str, Any]]:
         dest = _LS_OPTIONS.get(flag)
         if dest is None or value.startswith("-") or (dest in _LS_PATHS and not value):
             return None
+        if (dest == "output" and value not in LS_OUTPUTS) or (dest == "resource_type" and value not in RESOURCE_TYPES):
+            return None  # typer says what is allowed
         if dest in _LS_MULTIPLE:
             kwargs.setdefault(dest, []).append(value)
         elif dest in kwargs:
@@ -777,9 +797,31 @@ def _run_ls(kwargs: dict[str, Any]) -> int:
     return 0
 
 
+def expand_multi_values(argv: list[str]) -> list[str]:
+    """`-s a b --exclude c d` → `-s a -s b --exclude c --exclude d`: dbt takes several selectors after
+    one flag; click takes one value per flag. Values run up to the next token starting with `-`."""
+    out: list[str] = []
+    flag: str | None = None
+    for token in argv:
+        if token.startswith("-"):
+            flag = token if token in MULTI_VALUE_OPTIONS else None
+            out.append(token)
+            if flag is not None:
+                out.append("\0")  # placeholder: the first value follows the flag itself
+            continue
+        if flag is not None and out[-1] == "\0":
+            out[-1] = token
+        elif flag is not None:
+            out += [flag, token]
+        else:
+            out.append(token)
+    return [t for t in out if t != "\0"]
+
+
 def main() -> None:
     """Console-script entry point."""
-    argv = sys.argv[1:]
+    argv = expand_multi_values(sys.argv[1:])
+    sys.argv[1:] = argv
     ls_kwargs = None if "_BATCHFLOW_COMPLETE" in os.environ else _ls_arguments(argv)
     if ls_kwargs is not None:
         sys.exit(_run_ls(ls_kwargs))
