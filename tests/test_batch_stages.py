@@ -308,3 +308,12 @@ def test_no_google_credentials_is_one_clear_error_before_anything_runs(example_p
     assert "found no Google credentials" in out and "gcloud auth application-default login" in out
     assert "Traceback" not in out
     assert not (example_project / "target" / "batchflow.duckdb").exists() or "START" not in out
+
+
+def test_the_readme_table_of_job_states_is_generated_from_the_rules() -> None:
+    from batchflow.batch.states import reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = readme.index("<!-- states:begin -->\n"), readme.index("<!-- states:end -->")
+    assert readme[start + len("<!-- states:begin -->\n"):end] == reference_markdown(), (
+        "README's job-state table is stale: paste batchflow.batch.states.reference_markdown()")

@@ -131,3 +131,14 @@ def is_open(state: str) -> bool:
 def describe() -> list[tuple[str, StateRule]]:
     """Every state with its rule, in lifecycle order (docs, `jobs` help)."""
     return list(RULES.items())
+
+
+def reference_markdown() -> str:
+    """The README's table of job states (generated, so the docs never drift from the rules)."""
+    lines = ["| state | open | landed by a rerun | cancellable | a rerun … | meaning |", "|---|---|---|---|---|---|"]
+    does = {Rerun.ADOPT: "polls it and waits", Rerun.LAND: "lands its output, resends what it left out",
+            Rerun.ATTENTION: "stops with a message", Rerun.NOTHING: "nothing"}
+    for state, r in describe():
+        lines.append(f"| `{state}` | {'yes' if r.open else 'no'} | {'yes' if r.landable else 'no'} | "
+                     f"{'yes' if r.cancellable else 'no'} | {does[r.rerun]} | {r.doc} |")
+    return "\n".join(lines) + "\n"
