@@ -20,12 +20,16 @@ from batchflow.cachefile import read_cache, write_cache
 from batchflow.errors import BatchflowError, CompileError, ConfigError
 from batchflow.graph import Graph, NodeInfo
 from batchflow.project import (
+    ConfigWarning,
     ModelFile,
     Project,
+    SettingsChecker,
     Target,
+    did_you_mean,
     merge_configs,
     partial_parse_enabled,
     render_simple,
+    settings_spec,
     simple_template,
 )
 from batchflow.relation import Relation
@@ -79,6 +83,8 @@ class Manifest:
     target: Target
     nodes: dict[str, Node]
     graph: Graph
+    #: every configuration warning of this compile: the project's, the target's, then those of config() calls
+    warnings: list[ConfigWarning] = field(default_factory=list)
 
     def node(self, name: str) -> Node:
         """A node by name; a missing name is a usage error with a suggestion."""
@@ -372,6 +378,8 @@ class PartialParse:
         self.renders: dict[bytes, _Render] = {}
         self.parsed: set[bytes] = set()
         self.with_ctes: dict[bytes, str] = {}
+        self.columns: dict[bytes, list[str] | None] = {}
+        self._used_columns: dict[bytes, list[str] | None] = {}
         self.macros_ok: set[bytes] = set()
         self._used_renders: dict[bytes, _Render] = {}
         self._used_parsed: set[bytes] = set()
@@ -387,6 +395,7 @@ class PartialParse:
         self.macros_ok = set(data.get("macros_ok", ()))
         self.parsed = set(data.get("parsed", ()))
         self.with_ctes = dict(data.get("with_ctes", {}))
+        self.columns = dict(data.get("columns", {}))
         if data.get("context") == self.context_key:
             self.renders = dict(data.get("renders", {}))
 
@@ -420,6 +429,20 @@ class PartialParse:
             self._used_ctes[key] = sql
             self._dirty = True
 
+    def output_columns(self, sql: str, path: str, raw_sql: str) -> list[str] | None:
+        """The SELECT's output column names (None for `*`), parsed once per distinct SQL."""
+        key = _digest("columns", sql)
+        if key in self.columns:
+            found = self.columns[key]
+        else:
+            from batchflow import sql as sqlmod
+
+            found = sqlmod.output_columns(sqlmod.parse_bigquery(sql, path=path, raw_source=raw_sql))
+            self._dirty = self._dirty or self.enabled
+        if self.enabled:
+            self._used_columns[key] = found
+        return found
+
     def macros_known_good(self, macro_key: bytes) -> bool:
         return self.enabled and macro_key in self.macros_ok
 
@@ -444,6 +467,7 @@ class PartialParse:
             "renders": self._used_renders,
             "parsed": sorted(self._used_parsed),
             "with_ctes": self._used_ctes,
+            "columns": self._used_columns,
         }
         write_cache(self.path, data)
 
@@ -637,6 +661,7 @@ class Compiler:
                 self._rendered[name] = self._render_cached(name)
 
         nodes: dict[str, Node] = {}
+        checker = SettingsChecker()
         for (source_name, table_name), table in self.project.sources.items():
             key = f"source:{source_name}.{table_name}"
             nodes[key] = Node(
@@ -662,7 +687,7 @@ class Compiler:
         for name, (sql, captured) in self._rendered.items():
             model = self.project.models[name]
             config = captured.config
-            _check_config(model, config)
+            _check_config(model, config, checker, self.project.batch_defaults)
             deps = list(dict.fromkeys(captured.refs + [f"source:{s}.{t}" for s, t in captured.sources]))
             nodes[name] = Node(
                 name=name,
@@ -685,8 +710,31 @@ class Compiler:
             node = nodes[name]
             if node.resource_type == "model":
                 node.compiled_sql = self.finish_sql(manifest, node, node.compiled_sql)
+                if node.materialized == "batch":
+                    self._check_batch_key(node)
         self.cache.save()
+        known = {w.key for w in self.project.warnings}
+        manifest.warnings = [*self.project.warnings, *self.target.warnings,
+                             *(w for w in checker.warnings if w.key not in known)]
         return manifest
+
+    def _check_batch_key(self, node: Node) -> None:
+        """A batch model's `key` must name columns of its SELECT (known once the SQL is compiled)."""
+        key = node.config.get("key")
+        keys = [key] if isinstance(key, str) else list(key or [])
+        if not keys:
+            return
+        columns = self.cache.output_columns(node.compiled_sql, node.path, node.raw_sql)
+        if columns is None:  # SELECT *: the columns are known only to the warehouse
+            return
+        folded = {c.lower() for c in columns}  # BigQuery column names are case-insensitive
+        for name in keys:
+            if str(name).lower() not in folded:
+                raise ConfigError(
+                    f"`key:` {name!r} is not a column of the model's SELECT{did_you_mean(str(name), columns)}; "
+                    f"columns: {', '.join(columns)}",
+                    node.path, _config_line(node.raw_sql, "key"),
+                )
 
     def _render_text(self, text: str | None) -> str | None:
         """Render Jinja in a yml value such as `schema: "{{ target.schema }}"`."""
@@ -792,20 +840,59 @@ def _target_context(target: Target) -> dict[str, Any]:
     }
 
 
-def _check_config(model: ModelFile, config: dict[str, Any]) -> None:
+def _check_config(model: ModelFile, config: dict[str, Any], checker: SettingsChecker | None = None,
+                  batch_defaults: dict[str, Any] | None = None) -> None:
+    """A model's merged config, after config() ran: every key and value (the project file and yml parts
+    were checked with their lines at load, so an error here comes from a config() call, reported at the
+    line of its key in the model file), then what its materialization needs."""
+    checker = checker or SettingsChecker()
+    fields = settings_spec()["model_config"]["fields"]
     materialized = config.get("materialized", "view")
-    if materialized not in MATERIALIZATIONS:
-        raise ConfigError(
-            f"unknown materialization {materialized!r}; choose one of {', '.join(MATERIALIZATIONS)}"
-            f"{_suggest(str(materialized), MATERIALIZATIONS)}",
-            model.path,
-        )
-    if materialized == "batch" and not config.get("model"):
-        raise ConfigError("a batch model needs config(model='gemini-...')", model.path)
-    if materialized == "incremental" and config.get("unique_key") is not None:
-        key = config["unique_key"]
-        if not isinstance(key, (str, list)):
-            raise ConfigError("unique_key must be a column name or a list of column names", model.path)
+    for key, value in config.items():
+        line = _config_line(model.raw_sql, str(key))
+        try:
+            checker.section("model_config", {key: value}, model.path, line)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, model.path, line) from None
+        applies = (fields.get(str(key)) or {}).get("applies_to")
+        if applies and materialized not in applies and line is not None and _written_in_config(model.raw_sql, key):
+            checker.warn(f"`{key}` has no effect on a {materialized} model (it applies to {', '.join(applies)})",
+                         str(model.path), line, str(key))
+    if materialized == "batch":
+        merged = {k: v for k, v in (batch_defaults or {}).items() if k in fields}
+        merged.update(config)
+        if not merged.get("model"):
+            raise ConfigError("a batch model needs config(model='gemini-...')", model.path,
+                              _config_line(model.raw_sql, "materialized"))
+        config.setdefault("model", merged["model"])  # a project-wide default model, as the lifecycle reads it
+
+
+_CONFIG_CALL = re.compile(r"\bconfig\s*\(")
+
+
+def _written_in_config(raw_sql: str, key: Any) -> bool:
+    """Whether `key` is written inside a config() call of the model file (not inherited from a folder)."""
+    return _key_in_config(raw_sql, str(key)) is not None
+
+
+def _key_in_config(raw_sql: str, key: str) -> int | None:
+    pattern = re.compile(rf"""(?<![\w.])(?:{re.escape(key)}\s*=(?!=)|['"]{re.escape(key)}['"]\s*:)""")
+    for call in _CONFIG_CALL.finditer(raw_sql):
+        found = pattern.search(raw_sql, call.end(), call.end() + 4000)
+        if found:
+            return found.start()
+    return None
+
+
+def _config_line(raw_sql: str, key: str) -> int | None:
+    """Line of `key` in a config() call of the model file, else of the first config() call, else None."""
+    offset = _key_in_config(raw_sql, key)
+    if offset is None:
+        call = _CONFIG_CALL.search(raw_sql)
+        if call is None:
+            return None
+        offset = call.start()
+    return raw_sql.count("\n", 0, offset) + 1
 
 
 def _strip_semicolon(sql: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchflow.errors import ConfigError
-from batchflow.yamlio import LineDict, ParseCache, line_of, load_yaml, parse_yaml, to_plain
+from batchflow.yamlio import LineDict, LineList, ParseCache, line_of, load_yaml, parse_yaml, to_plain
 
 
 @dataclass
@@ -96,7 +96,8 @@ class Project:
     macro_files: list[Path]  # absolute paths of the project's macros/*.sql
     batch_defaults: dict[str, Any] = field(default_factory=dict)  # `batch:` block of the project file
     key_lines: dict[str, int] = field(default_factory=dict)  # line of each top-level key of project_file
-    warnings: list[str] = field(default_factory=list)  # "file:line: message", e.g. unused config paths
+    #: problems that do not stop the command: dbt keys batchflow ignores, config paths matching nothing, ...
+    warnings: list[ConfigWarning] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Target:
     settings: dict[str, Any] = field(default_factory=dict)  # the whole target block, env_var() resolved
     batch: dict[str, Any] = field(default_factory=dict)  # the target's `batch:` block (backend, provider, ...)
     profiles_file: Path | None = None
+    warnings: list[ConfigWarning] = field(default_factory=list)  # dbt connection keys batchflow ignores, ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +224,237 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+# ---- strict settings: every key and value checked where it is written --------------------------------------
+#
+# The declarations live in batchflow/settings.py (pydantic); settings_spec.json is generated from them and read
+# here, so loading a project never imports pydantic (start-up time of `batchflow ls`).
+
+_SPEC_FILE = Path(__file__).with_name("settings_spec.json")
+_spec_cache: dict[str, Any] | None = None
+
+
+def settings_spec() -> dict[str, Any]:
+    """The generated declarations of every configuration section (see batchflow.settings.build_spec)."""
+    global _spec_cache
+    if _spec_cache is None:
+        import json
+
+        _spec_cache = json.loads(_SPEC_FILE.read_text(encoding="utf-8"))
+    return _spec_cache
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """A configuration problem that does not stop the command (a dbt key batchflow ignores, an unused
+    config path). `str()` gives `path:line: message`."""
+
+    message: str
+    path: str | None = None
+    line: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = "" if self.path is None else f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        return where + self.message
+
+    def startswith(self, prefix: str) -> bool:  # noqa: D102 - lets callers treat it as its text
+        return str(self).startswith(prefix)
+
+    def __contains__(self, text: str) -> bool:
+        return text in str(self)
+
+
+_KIND_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "list": "a list", "dict": "a mapping", "section": "a mapping", "any": "anything"}
+
+
+def _unchecked(value: Any) -> bool:
+    """Values left to a later step: unrendered Jinja, an env_var() whose absence is reported with its line."""
+    return isinstance(value, str) and ("{{" in value or _MISSING_ENV in value)
+
+
+def _kind_text(kind: dict[str, Any]) -> str:
+    t = kind["type"]
+    if t == "choice":
+        return "one of " + ", ".join(repr(c) for c in kind["choices"])
+    if t == "union":
+        return " or ".join(_kind_text(o) for o in kind["options"])
+    if t == "list" and kind["items"]["type"] not in ("any",):
+        return f"a list of {_kind_text(kind['items']).removeprefix('a ').removeprefix('an ')}s" \
+            if kind["items"]["type"] in ("str", "int", "float") else f"a list ({_kind_text(kind['items'])} each)"
+    return _KIND_WORDS.get(t, t)
+
+
+class _BadValue(Exception):
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class SettingsChecker:
+    """Checks mappings against the declared sections, raising ConfigError at the first error (file:line, key,
+    did-you-mean) and collecting warnings (each dbt key once per section)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[ConfigWarning] = []
+        self._warned: set[tuple[str, str]] = set()
+
+    def warn(self, message: str, path: Path | str | None, line: int | None, key: str | None = None,
+             once: tuple[str, str] | None = None) -> None:
+        """Record a warning; with `once`, only the first warning of that identity is kept."""
+        if once is not None:
+            if once in self._warned:
+                return
+            self._warned.add(once)
+        self.warnings.append(ConfigWarning(message, None if path is None else str(path), line, key))
+
+    def section(self, section_id: str, data: Any, path: Path | str, line: int | None = None, *,
+                prefix: str = "", skip: Iterable[str] = (), extra: Mapping[str, Any] | None = None,
+                required: bool = True) -> None:
+        """Check every key and value of `data` (a mapping written at `path`) against section `section_id`.
+        `skip`: keys the caller checks itself; `extra`: more fields allowed here; `prefix`: how keys are
+        spelt in this place (`+` in folder configs)."""
+        spec = settings_spec()[section_id]
+        fields: dict[str, Any] = {**spec["fields"], **(extra or {})}
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{spec['name']} must be a mapping, got {type(data).__name__}", path, line)
+        skip = set(skip)
+        for key, value in data.items():
+            name = str(key)
+            key_line = line_of(data, key) or line
+            if name in skip:
+                continue
+            kind = fields.get(name)
+            if kind is not None:
+                self.value(kind, value, f"{prefix}{name}", path, key_line)
+            elif name in spec["dbt"]:
+                self.warn(f"`{prefix}{name}` is a dbt setting batchflow does not act on ({spec['dbt'][name]}); "
+                          "it is ignored", path, key_line, name, once=(section_id, name))
+            elif name not in spec["inert"]:
+                known = [prefix + k for k in list(fields) + list(spec["dbt"])]
+                raise ConfigError(
+                    f"unknown key {prefix + name!r} in {spec['name']}{did_you_mean(prefix + name, known)}",
+                    path, key_line,
+                )
+        if required:
+            for name, kind in fields.items():
+                if kind.get("required") and name not in data and name not in skip:
+                    raise ConfigError(f"{spec['name']} needs a `{prefix}{name}:`", path, line_of(data) or line)
+
+    def value(self, kind: dict[str, Any], value: Any, key: str, path: Path | str, line: int | None) -> None:
+        """Check one value against its declared kind; ConfigError names the key and the value."""
+        try:
+            self._value(kind, value, path, line)
+        except _BadValue as bad:
+            raise ConfigError(f"`{key}:` {bad.message}", path, bad.line or line) from None
+
+    def _value(self, kind: dict[str, Any], value: Any, path: Path | str, line: int | None) -> None:
+        t = kind["type"]
+        if value is None:
+            if kind.get("nullable") or kind.get("default") is None or t in ("list", "dict", "section", "any"):
+                return
+            raise _BadValue(f"needs a value ({_kind_text(kind)})")
+        if _unchecked(value) or t == "any":
+            return
+        if t == "union":
+            errors = []
+            for option in kind["options"]:
+                try:
+                    self._value(option, value, path, line)
+                    return
+                except _BadValue as bad:
+                    errors.append((option, bad))
+            shaped = [e for o, e in errors if (o["type"] == "list") == isinstance(value, list)]
+            if shaped and (kind["options"][0]["type"] == "choice" or isinstance(value, list)):
+                raise shaped[0]
+            raise _BadValue(f"must be {_kind_text(kind)}, got {value!r}")
+        if t == "choice":
+            choices = kind["choices"]
+            folded = str(value).upper() if kind.get("case_insensitive") and isinstance(value, str) else value
+            if folded in choices and not isinstance(value, bool):
+                return
+            hint = did_you_mean(str(folded), [str(c) for c in choices])
+            raise _BadValue(f"must be one of {', '.join(map(repr, choices))}, got {value!r}{hint}")
+        if t == "int":
+            number = value
+            if isinstance(value, str):
+                try:
+                    number = int(value.strip())
+                except ValueError:
+                    raise _BadValue(f"must be an integer, got {value!r}") from None
+            elif isinstance(value, float) and value.is_integer():
+                number = int(value)
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise _BadValue(f"must be an integer, got {value!r}")
+            self._bounds(kind, number, value)
+            return
+        if t == "float":
+            number = value
+            if isinstance(value, str):
+                try:
+                    number = float(value.strip())
+                except ValueError:
+                    raise _BadValue(f"must be a number, got {value!r}") from None
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise _BadValue(f"must be a number, got {value!r}")
+            self._bounds(kind, number, value)
+            return
+        if t == "bool":
+            if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
+                return
+            raise _BadValue(f"must be true or false, got {value!r}")
+        if t == "str":
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise _BadValue(f"must be a string, got {type(value).__name__} {_short(value)}")
+            return
+        if t == "list":
+            if not isinstance(value, list):
+                raise _BadValue(f"must be {_kind_text(kind)}, got {type(value).__name__} {_short(value)}")
+            for index, item in enumerate(value):
+                item_line = value.item_line(index) if isinstance(value, LineList) else line
+                if kind["items"]["type"] == "section":
+                    self.section(kind["items"]["section"], item, path, item_line)
+                else:
+                    try:
+                        self._value(kind["items"], item, path, item_line)
+                    except _BadValue as bad:
+                        raise _BadValue(f"item {index + 1}: {bad.message}", item_line) from None
+            return
+        if t in ("dict", "section"):
+            if not isinstance(value, dict):
+                raise _BadValue(f"must be a mapping, got {type(value).__name__} {_short(value)}")
+            if t == "section":
+                self.section(kind["section"], value, path, line)
+                return
+            values = kind["values"]
+            for name, item in value.items():
+                item_line = line_of(value, name) or line
+                if values["type"] == "section":
+                    self.section(values["section"], item, path, item_line)
+                elif values["type"] != "any":
+                    try:
+                        self._value(values, item, path, item_line)
+                    except _BadValue as bad:
+                        raise _BadValue(f"{name}: {bad.message}", item_line) from None
+            return
+        raise _BadValue(f"has an undeclared type {t!r}")  # a mistake in settings.py, not in the file
+
+    @staticmethod
+    def _bounds(kind: dict[str, Any], number: float, raw: Any) -> None:
+        for name, test, text in (("ge", lambda n, b: n >= b, "≥"), ("gt", lambda n, b: n > b, ">"),
+                                 ("le", lambda n, b: n <= b, "≤"), ("lt", lambda n, b: n < b, "<")):
+            if name in kind and not test(number, kind[name]):
+                raise _BadValue(f"must be {text} {kind[name]:,}, got {raw!r}")
+
+
+def _short(value: Any) -> str:
+    text = repr(to_plain(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 # ---- hierarchical `models:` / `seeds:` configs ----------------------------------------------------
 
 
@@ -235,17 +468,25 @@ class _ConfigLevel:
     used: bool = False
 
 
-def _config_level(value: Any, path: Path, line: int | None) -> _ConfigLevel:
+def _config_level(value: Any, path: Path, line: int | None, checker: SettingsChecker | None = None,
+                  section: str = "model_config") -> _ConfigLevel:
     level = _ConfigLevel({}, {}, line)
     for key, child in _mapping(value, "a `models:`/`seeds:` level", path, line).items():
         key = str(key)
         key_line = line_of(value, key)
         if key.startswith("+"):
-            level.configs[key[1:].strip()] = to_plain(child)
+            name, prefix = key[1:].strip(), "+"
         elif (child is None or isinstance(child, dict)) and key not in _DICT_CONFIGS:
-            level.children[key] = _config_level(child, path, key_line)
+            level.children[key] = _config_level(child, path, key_line, checker, section)
+            continue
         else:  # dbt's rule: a key without `+` whose value is not a mapping is a config
-            level.configs[key] = to_plain(child)
+            name, prefix = key, ""
+        if checker is not None:
+            checker.section(section, {name: child}, path, key_line, prefix=prefix)
+            if _unchecked(child) and "{{" in child:
+                checker.warn(f"`{key}` holds Jinja, which batchflow does not render in the project file: "
+                             f"the value is the text {child!r}", path, key_line, name)
+        level.configs[name] = to_plain(child)
     return level
 
 
@@ -286,14 +527,10 @@ def find_project_file(project_dir: Path) -> Path:
     )
 
 
-def _check_project_keys(data: LineDict, path: Path) -> None:
-    for key in data:
-        if key not in _PROJECT_KEYS and key not in _IGNORED_PROJECT_KEYS:
-            raise ConfigError(
-                f"unknown key {key!r} in the project file{did_you_mean(str(key), _PROJECT_KEYS)}",
-                path,
-                data.key_line(key),
-            )
+def _check_project_keys(data: LineDict, path: Path, checker: SettingsChecker | None = None) -> None:
+    """Every top-level key and value of the project file (folder configs are checked level by level)."""
+    (checker or SettingsChecker()).section("project", data, path, data.line, skip=("models", "seeds"),
+                                          required=False)
 
 
 def _project_name(data: LineDict, path: Path) -> str:
@@ -366,7 +603,11 @@ def _read_text(path: Path) -> str:
 class _ProjectLoader:
     """Discovers and documents the project's models, seeds and sources."""
 
-    def __init__(self, root: Path, name: str, project_file: Path, yml_cache: ParseCache | None = None):
+    def __init__(self, root: Path, name: str, project_file: Path, yml_cache: ParseCache | None = None,
+                 checker: SettingsChecker | None = None, test_folders: list[str] | None = None):
+        self.checker = checker or SettingsChecker()
+        self.test_folders = test_folders or []
+        self._custom_tests: frozenset[str] | None = None
         self.root = root
         self.name = name
         self.project_file = project_file
@@ -427,9 +668,7 @@ class _ProjectLoader:
             return
         if not isinstance(data, LineDict):
             raise ConfigError("a properties file must be a mapping (version:, models:, sources:, ...)", path, 1)
-        for key in data:
-            if key not in _YML_KEYS and key not in _IGNORED_YML_KEYS:
-                raise ConfigError(f"unknown key {key!r}{did_you_mean(str(key), _YML_KEYS)}", path, data.key_line(key))
+        self.checker.section("yml", data, path, 1, skip=("version", "models", "seeds", "sources"))
         if "version" in data and data["version"] != 2:
             raise ConfigError("only `version: 2` property files are supported", path, data.key_line("version"))
         for entry in _list(data.get("models"), "`models:`", path, data.key_line("models")):
@@ -441,10 +680,12 @@ class _ProjectLoader:
 
     def _document_model(self, entry: Any, path: Path, list_line: int | None) -> None:
         model = self._document(entry, path, list_line, "model", self.models, "models/**/{}.sql")
-        model.tests = _tests(entry, path)
+        model.tests = self._tests(entry, path, "model")
 
     def _document_seed(self, entry: Any, path: Path, list_line: int | None) -> None:
-        self._document(entry, path, list_line, "seed", self.seeds, "seeds/**/{}.csv")
+        seed = self._document(entry, path, list_line, "seed", self.seeds, "seeds/**/{}.csv")
+        self._tests(entry, path, "seed")  # checked and warned about: seed-level tests are not run
+        del seed
 
     def _document(self, entry: Any, path: Path, list_line: int | None, kind: str, known: dict[str, Any],
                   file_pattern: str) -> Any:
@@ -464,19 +705,23 @@ class _ProjectLoader:
                 entry.line,
             )
         node.yml_path, node.yml_line = path, entry.line
+        self.checker.section(f"yml.{kind}", entry, path, entry.line, skip=("columns", "config", "data_tests", "tests"))
         node.description = _text(entry.get("description"))
-        node.columns = _columns(entry, path)
+        node.columns = self._columns(entry, path)
         config = _mapping(entry.get("config"), "`config:`", path, entry.key_line("config"))
+        self.checker.section(f"{kind}_config", config, path, entry.key_line("config"))
         node.config = merge_configs(node.config, to_plain(config))
         return node
 
     def _declare_source(self, entry: Any, path: Path, list_line: int | None) -> None:
         source_name = _entry_name(entry, "source", path, list_line)
+        self.checker.section("yml.source", entry, path, entry.line, skip=("tables",))
         schema = entry.get("schema", source_name)
         database = entry.get("database", entry.get("project"))
         tables = _list(entry.get("tables"), "`tables:`", path, entry.key_line("tables"))
         for table in tables:
             name = _entry_name(table, "source table", path, line_of(tables))
+            self.checker.section("yml.source_table", table, path, table.line, skip=("columns", "data_tests", "tests"))
             existing = self.sources.get((source_name, name))
             if existing is not None:
                 raise ConfigError(
@@ -495,8 +740,8 @@ class _ProjectLoader:
                 yml_path=path,
                 line=table.line,
                 description=_text(table.get("description")),
-                columns=_columns(table, path),
-                tests=_tests(table, path),
+                columns=self._columns(table, path),
+                tests=self._tests(table, path, "source table"),
             )
 
     def _sample_path(self, table: LineDict, path: Path) -> Path | None:
@@ -520,42 +765,91 @@ class _ProjectLoader:
         )
 
 
-def _tests(entry: LineDict, path: Path) -> list[Any]:
-    """`data_tests:` then `tests:` (dbt's older name) of a model, table or column entry."""
-    tests: list[Any] = []
-    for key in ("data_tests", "tests"):
-        tests.extend(_list(entry.get(key), f"`{key}:`", path, entry.key_line(key)))
-    return tests
+    def _tests(self, entry: LineDict, path: Path, level: str) -> list[Any]:
+        """`data_tests:` then `tests:` (dbt's older name) of a model, table or column entry, each checked:
+        an unknown test is an error; a package or custom generic test, or one batchflow does not run at
+        this level, is a warning."""
+        tests: list[Any] = []
+        for key in ("data_tests", "tests"):
+            items = _list(entry.get(key), f"`{key}:`", path, entry.key_line(key))
+            for index, spec in enumerate(items):
+                line = items.item_line(index) if isinstance(items, LineList) else entry.key_line(key)
+                self._check_test(spec, path, line, level)
+            tests.extend(items)
+        return tests
+
+    def _check_test(self, spec: Any, path: Path, line: int | None, level: str) -> None:
+        if isinstance(spec, str):
+            name, args = spec, None
+        elif isinstance(spec, dict) and len(spec) == 1:
+            name, args = str(next(iter(spec))), next(iter(spec.values()))
+        else:
+            raise ConfigError("a data test is a name, or a mapping of one name to its arguments", path, line)
+        if name in DATA_TESTS:
+            args = _mapping(args, f"arguments of `{name}`", path, line)
+            inner = args.get("arguments")  # dbt 1.10 nests the arguments; the rest is the test's config
+            if inner is not None:
+                self.checker.section(f"test.{name}", inner, path, line_of(args, "arguments") or line)
+            self.checker.section(f"test.{name}", args, path, line, skip=("arguments",), required=inner is None)
+            if level != "column":
+                self.checker.warn(f"{level}-level data test `{name}` is not run: batchflow runs column tests",
+                                  path, line, name, once=("test-level", name))
+            return
+        if "." in name:
+            self.checker.warn(f"data test `{name}` comes from a package; batchflow does not run it", path, line,
+                              name, once=("test", name))
+        elif name in self.custom_tests():
+            self.checker.warn(f"custom generic test `{name}` is not run by batchflow", path, line, name,
+                              once=("test", name))
+        else:
+            raise ConfigError(
+                f"unknown data test `{name}`; batchflow runs {', '.join(DATA_TESTS)}{did_you_mean(name, DATA_TESTS)}",
+                path, line,
+            )
+
+    def custom_tests(self) -> frozenset[str]:
+        """Generic tests the project defines (`{% test name(...) %}` in macro or test folders)."""
+        if self._custom_tests is None:
+            found: set[str] = set()
+            for abs_path, _ in _discover(self.root, self.test_folders, (".sql",)):
+                found.update(_TEST_BLOCK.findall(_read_text(abs_path)))
+            self._custom_tests = frozenset(found)
+        return self._custom_tests
+
+    def _columns(self, entry: LineDict, path: Path) -> dict[str, ColumnDoc]:
+        columns: dict[str, ColumnDoc] = {}
+        items = _list(entry.get("columns"), "`columns:`", path, entry.key_line("columns"))
+        for column in items:
+            name = _entry_name(column, "column", path, line_of(items))
+            if name in columns:
+                raise ConfigError(f"column {name!r} is listed twice (first at line {columns[name].line})", path,
+                                  column.line)
+            self.checker.section("yml.column", column, path, column.line, skip=("data_tests", "tests"))
+            data_type = column.get("data_type")
+            columns[name] = ColumnDoc(
+                name=name,
+                description=_text(column.get("description")),
+                data_type=None if data_type is None else str(data_type),
+                tests=self._tests(column, path, "column"),
+                line=column.line,
+            )
+        return columns
 
 
-def _columns(entry: LineDict, path: Path) -> dict[str, ColumnDoc]:
-    columns: dict[str, ColumnDoc] = {}
-    items = _list(entry.get("columns"), "`columns:`", path, entry.key_line("columns"))
-    for column in items:
-        name = _entry_name(column, "column", path, line_of(items))
-        if name in columns:
-            raise ConfigError(f"column {name!r} is listed twice (first at line {columns[name].line})", path, column.line)
-        data_type = column.get("data_type")
-        columns[name] = ColumnDoc(
-            name=name,
-            description=_text(column.get("description")),
-            data_type=None if data_type is None else str(data_type),
-            tests=_tests(column, path),
-            line=column.line,
-        )
-    return columns
+DATA_TESTS = ("not_null", "unique", "accepted_values", "relationships")
+_TEST_BLOCK = re.compile(r"\{%-?\s*test\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 
 
 def _macro_files(root: Path, folders: list[str]) -> list[Path]:
     return sorted(abs_path for abs_path, _ in _discover(root, folders, (".sql",)))
 
 
-def _read_project_file(root: Path) -> tuple[Path, LineDict]:
+def _read_project_file(root: Path, checker: SettingsChecker | None = None) -> tuple[Path, LineDict]:
     project_file = find_project_file(root)
     data = load_yaml(project_file)
     if not isinstance(data, LineDict):
         raise ConfigError("the project file must be a mapping (name:, profile:, ...)", project_file, 1)
-    _check_project_keys(data, project_file)
+    _check_project_keys(data, project_file, checker)
     return project_file, data
 
 
@@ -566,13 +860,18 @@ def _name_setting(data: LineDict, key: str, default: str, what: str, path: Path)
     return value
 
 
-def _config_warnings(project_file: Path, trees: dict[str, _ConfigLevel]) -> list[str]:
-    """dbt warns about config paths that apply to nothing (usually a misspelt folder): so do we."""
-    return [
-        f"{project_file}:{line}: `{block}:` config path {dotted[1:]!r} matches no {block[:-1]}"
-        for block, tree in trees.items()
-        for dotted, line in _unused_config_paths(tree, "")
-    ]
+def _config_warnings(project_file: Path, trees: dict[str, _ConfigLevel],
+                     nodes: dict[str, Iterable[Any]]) -> list[ConfigWarning]:
+    """dbt warns about config paths that apply to nothing (usually a misspelt folder): so do we, with the
+    closest folder or file name (`nodes`: the models and seeds, per block)."""
+    warnings = []
+    for block, tree in trees.items():
+        names = sorted({part for node in nodes[block] for part in node.fqn})
+        for dotted, line in _unused_config_paths(tree, ""):
+            hint = did_you_mean(dotted[1:].rsplit(".", 1)[-1], names)
+            warnings.append(ConfigWarning(f"`{block}:` config path {dotted[1:]!r} matches no {block[:-1]}{hint}",
+                                          str(project_file), line, dotted[1:]))
+    return warnings
 
 
 def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
@@ -583,7 +882,8 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
     root = Path(project_dir).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError("project directory does not exist", root)
-    project_file, data = _read_project_file(root)
+    checker = SettingsChecker()
+    project_file, data = _read_project_file(root, checker)
     name = _project_name(data, project_file)
     profile = _name_setting(data, "profile", name, "a profile name", project_file)
     target_path = _name_setting(data, "target-path", "target", "a folder name", project_file)
@@ -593,14 +893,17 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
     project_vars = _project_vars(data, name, cli_vars, project_file)
     batch_defaults = _mapping(data.get("batch"), "`batch:`", project_file, data.key_line("batch"))
     trees = {
-        block: _config_level(data.get(block), project_file, data.key_line(block)) for block in ("models", "seeds")
+        block: _config_level(data.get(block), project_file, data.key_line(block), checker, f"{block[:-1]}_config")
+        for block in ("models", "seeds")
     }
 
     target_dir = (root / target_path).resolve()
     enabled = partial_parse_enabled() if partial_parse is None else partial_parse
     yml_cache = ParseCache(target_dir / YML_CACHE_FILE if enabled else None)
 
-    loader = _ProjectLoader(root, name, project_file, yml_cache)
+    test_paths = data.get("test-paths") or ["tests"]
+    loader = _ProjectLoader(root, name, project_file, yml_cache, checker,
+                            macro_paths + ([test_paths] if isinstance(test_paths, str) else list(test_paths)))
     loader.load_models(model_paths, trees["models"])
     loader.load_seeds(seed_paths, trees["seeds"])
     # Property files live next to models (dbt also reads seed properties from the seed folders).
@@ -620,7 +923,8 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
         macro_files=_macro_files(root, macro_paths),
         batch_defaults=to_plain(batch_defaults),
         key_lines={str(key): line for key, line in data.key_lines.items()},
-        warnings=_config_warnings(project_file, trees),
+        warnings=[*checker.warnings, *_config_warnings(project_file, trees, {
+            "models": loader.models.values(), "seeds": loader.seeds.values()})],
     )
 
 
@@ -969,12 +1273,28 @@ def _target_schema(output: LineDict, type_: str, path: Path) -> str:
     return schema
 
 
-def _duckdb_path(settings: dict[str, Any], root: Path) -> str:
+def _duckdb_path(settings: dict[str, Any], root: Path, profiles_file: Path | None = None,
+                 line: int | None = None) -> str:
+    """The DuckDB file of a target, absolute. Its folder must exist, except a missing last folder inside the
+    project whose own parent exists (e.g. `target/`), which the warehouse creates: a typo must never create
+    folder trees elsewhere (`/`, a home directory)."""
     raw = str(settings.get("path") or "target/batchflow.duckdb")
     if raw == ":memory:" or raw.startswith(("md:", "motherduck:")):
         return raw  # not files
     path = Path(raw).expanduser()
-    return str(path if path.is_absolute() else (root / path).resolve())
+    path = path if path.is_absolute() else (root / path).resolve()
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"`path:` {raw!r}: {parent} is a file, not a folder", profiles_file, line)
+    inside = parent != root and str(parent).startswith(str(root) + os.sep)
+    if not parent.exists() and not (inside and parent.parent.is_dir()):
+        raise ConfigError(
+            f"`path:` {raw!r}: folder {parent} does not exist (batchflow creates one missing folder, and only "
+            "inside the project)", profiles_file, line,
+        )
+    if path.is_dir():
+        raise ConfigError(f"`path:` {raw!r} is a folder; name a database file", profiles_file, line)
+    return str(path)
 
 
 def load_profile(project: Project, profiles_dir: Path | None = None, target_name: str | None = None) -> Target:
@@ -1001,11 +1321,14 @@ def load_profile(project: Project, profiles_dir: Path | None = None, target_name
             path,
             output.key_line("type"),
         )
+    checker = SettingsChecker()
+    checker.section(f"target.{type_}", output, path, output.line, skip=("batch",), required=False)
     settings = to_plain(output)
     if type_ == "duckdb":
-        settings["path"] = _duckdb_path(settings, project.root)
+        settings["path"] = _duckdb_path(settings, project.root, path, output.key_line("path"))
     batch_defaults = {"backend": "local", "provider": "mock"} if type_ == "duckdb" else {"backend": "vertex"}
     batch = _mapping(output.get("batch"), "`batch:`", path, output.key_line("batch"))
+    check_batch_block(checker, batch, batch_defaults["backend"], path, output.key_line("batch"))
     return Target(
         name=name,
         profile=project.profile,
@@ -1016,7 +1339,36 @@ def load_profile(project: Project, profiles_dir: Path | None = None, target_name
         settings=settings,
         batch={**batch_defaults, **to_plain(batch)},
         profiles_file=path,
+        warnings=checker.warnings,
     )
+
+
+def check_batch_block(checker: SettingsChecker, batch: Mapping[str, Any], default_backend: str, path: Path,
+                      line: int | None) -> None:
+    """A target's `batch:` block: its backend's keys, the provider's name and options (mock failure rules
+    included), each error at its line. Options of the chosen provider may also sit at the top of the block
+    (the provider reads them from there too)."""
+    spec = settings_spec()
+    backend = batch.get("backend", default_backend)
+    checker.value(spec["batch.local"]["fields"]["backend"], backend, "backend", path, line_of(batch, "backend") or line)
+    if backend == "vertex":
+        checker.section("batch.vertex", batch, path, line, required=False)
+        return
+    local = spec["batch.local"]["fields"]
+    provider = batch.get("provider", "mock")
+    checker.value(local["provider"], provider, "provider", path, line_of(batch, "provider") or line)
+    provider = str(provider)
+    options = spec[f"provider.{provider}"]["fields"]
+    checker.section("batch.local", batch, path, line, required=False,
+                    extra={k: v for k, v in options.items() if k not in local})
+    for name in spec["batch.local"]["fields"]:
+        if f"provider.{name}" in spec and batch.get(name) is not None:
+            checker.section(f"provider.{name}", batch[name], path, line_of(batch, name) or line, required=False)
+    section = batch.get(provider) if isinstance(batch.get(provider), dict) else {}
+    for name, kind in options.items():
+        if kind.get("required") and name not in section and name not in batch:
+            raise ConfigError(f"provider {provider!r} needs `{name}:` under `{provider}:`", path,
+                              line_of(batch, provider) or line)
 
 
 def _optional_text(value: Any) -> str | None:

@@ -39,9 +39,14 @@ class LineDict(dict):
 
 
 class LineList(list):
-    """A `list` that knows its own line (`.line`)."""
+    """A `list` that knows its own line (`.line`) and the line of each item (`.item_line(index)`)."""
 
     line: int | None = None
+    item_lines: tuple[int, ...] = ()
+
+    def item_line(self, index: int) -> int | None:
+        """Line of item `index` (a scalar item knows no line of its own), falling back to the list's."""
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
 class _LineLoader(_BaseLoader):  # type: ignore[misc, valid-type]
@@ -67,6 +72,7 @@ def _build(loader: _LineLoader, node: yaml.Node) -> Any:
     if isinstance(node, yaml.SequenceNode):
         result = LineList(_build(loader, child) for child in node.value)
         result.line = node.start_mark.line + 1
+        result.item_lines = tuple(child.start_mark.line + 1 for child in node.value)
         return result
     return _build_mapping(loader, node)
 

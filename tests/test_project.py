@@ -135,7 +135,7 @@ def test_project_keys_paths_profile_and_batch_defaults(tmp_path: Path) -> None:
         target-path: out
         batch:
           max_rows_per_job: 1000
-          retry: {transient: true}
+          prices: {gemini-2.5-flash: {input_per_million: 0.15, output_per_million: 1.25}}
         """,
         sql__a__sql="select 1",
         more__b__sql="select 2",
@@ -147,8 +147,9 @@ def test_project_keys_paths_profile_and_batch_defaults(tmp_path: Path) -> None:
     assert sorted(p.models) == ["a", "b"] and list(p.seeds) == ["s"]
     assert p.profile == "other" and p.target_path == root.resolve() / "out"
     assert p.macro_files == [root.resolve() / "my_macros/m.sql"]
-    assert p.batch_defaults == {"max_rows_per_job": 1000, "retry": {"transient": True}}
-    assert type(p.batch_defaults) is dict and type(p.batch_defaults["retry"]) is dict
+    prices = {"gemini-2.5-flash": {"input_per_million": 0.15, "output_per_million": 1.25}}
+    assert p.batch_defaults == {"max_rows_per_job": 1000, "prices": prices}
+    assert type(p.batch_defaults) is dict and type(p.batch_defaults["prices"]) is dict
 
 
 def test_dbt_project_yml_is_the_fallback_and_batchflow_file_wins(tmp_path: Path) -> None:
@@ -167,20 +168,24 @@ def test_no_project_file_names_the_directory(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key_is_an_error_with_line_and_suggestion(tmp_path: Path) -> None:
     root = project(tmp_path, "name: demo\nclean-targets: [target]\nmodel-path: [models]\n")
-    with pytest.raises(ConfigError, match="unknown key 'model-path'.*did you mean 'model-paths'") as exc:
+    with pytest.raises(ConfigError, match="unknown key 'model-path' in the project file.*did you mean 'model-paths'") as exc:
         load_project(root)
     raises_at(exc, root.resolve() / "batchflow_project.yml", 3)
 
 
-def test_every_dbt_only_key_is_ignored(tmp_path: Path) -> None:
+def test_every_dbt_only_key_loads_with_a_warning_naming_it(tmp_path: Path) -> None:
+    inert = ["version", "config-version", "clean-targets", "require-dbt-version", "log-path", "dbt-cloud"]
     keys = [
-        "version", "config-version", "test-paths", "analysis-paths", "snapshot-paths", "clean-targets",
-        "require-dbt-version", "packages-install-path", "docs-paths", "asset-paths", "flags", "quoting",
-        "on-run-start", "on-run-end", "query-comment", "dispatch", "tests", "data_tests", "sources", "snapshots",
-        "analyses", "metrics", "semantic-models", "saved-queries", "exposures",
+        "test-paths", "analysis-paths", "snapshot-paths", "packages-install-path", "docs-paths", "asset-paths",
+        "flags", "quoting", "on-run-start", "on-run-end", "query-comment", "dispatch", "tests", "data_tests",
+        "sources", "snapshots", "analyses", "metrics", "semantic-models", "saved-queries", "exposures",
     ]
-    root = project(tmp_path, "name: demo\n" + "".join(f"{k}: null\n" for k in keys))
-    assert load_project(root).name == "demo"
+    root = project(tmp_path, "name: demo\n" + "".join(f"{k}: null\n" for k in inert + keys))
+    p = load_project(root)
+    assert p.name == "demo"
+    assert [w.key for w in p.warnings] == keys
+    assert [w.line for w in p.warnings] == list(range(2 + len(inert), 2 + len(inert) + len(keys)))
+    assert all("is a dbt setting batchflow does not act on" in w.message for w in p.warnings)
 
 
 @pytest.mark.parametrize(
@@ -432,7 +437,7 @@ sources:
       - name: orders
         meta:
           sample: data/orders.csv
-        data_tests: [some_test]
+        data_tests: [dbt_utils.some_test]
   - name: crm
     schema: crm_prod
     project: other-project
@@ -458,7 +463,7 @@ def test_sources_with_defaults_identifiers_and_samples(tmp_path: Path) -> None:
     assert reviews.columns["id"].tests == ["not_null"]
     orders = p.sources[("shop", "orders")]
     assert orders.identifier == "orders" and orders.sample == root.resolve() / "data/orders.csv"  # project root
-    assert orders.tests == ["some_test"]
+    assert orders.tests == ["dbt_utils.some_test"]
     customers = p.sources[("crm", "customers")]
     assert customers.schema == "crm_prod" and customers.database == "other-project" and customers.sample is None
 
@@ -582,7 +587,7 @@ def test_target_fields_aliases_batch_block_and_relative_duckdb_path(tmp_path: Pa
           dataset: scratch
           path: data/dev.duckdb
           threads: 8
-          batch: {provider: ollama, concurrency: 8}
+          batch: {provider: mock, concurrency: 8}
         bq:
           type: bigquery
           database: p2
@@ -599,7 +604,7 @@ def test_target_fields_aliases_batch_block_and_relative_duckdb_path(tmp_path: Pa
     p = load_project(root)
     dev = load_profile(p, None, None)
     assert dev.schema == "scratch" and dev.threads == 8
-    assert dev.batch == {"backend": "local", "provider": "ollama", "concurrency": 8}
+    assert dev.batch == {"backend": "local", "provider": "mock", "concurrency": 8}
     assert dev.settings["path"] == str(root.resolve() / "data/dev.duckdb")
     assert type(dev.settings["batch"]) is dict
     bq = load_profile(p, None, "bq")
@@ -654,7 +659,7 @@ def test_profile_errors_keep_line_numbers_after_rendering(tmp_path: Path, no_pro
           threads: "{{ env_var('NOPE_UNSET_VAR', 'many') }}"
     """
     root = project(tmp_path, profiles__yml=profiles)
-    with pytest.raises(ConfigError, match="`threads:` must be a positive integer") as exc:
+    with pytest.raises(ConfigError, match="`threads:` must be an integer, got 'many'") as exc:
         load_profile(load_project(root), None, None)
     raises_at(exc, root.resolve() / "profiles.yml", 7)
 
@@ -669,7 +674,7 @@ def test_profile_errors_keep_line_numbers_after_rendering(tmp_path: Path, no_pro
         ("demo:\n  outputs:\n    a: {type: duckdb}\n", None, 1, "no default `target:`.*one of: a"),
         ("demo:\n  target: \"{{ env_var('NO_SUCH_BF_VAR') }}\"\n  outputs: {a: {type: duckdb}}\n", None, 2, "'NO_SUCH_BF_VAR' is not set"),
         ("demo:\n  target: a\n  outputs:\n    a:\n      type: duckdb\n      extra:\n        - \"{{ env_var('NO_SUCH_BF_VAR') }}\"\n", None, 7, "'NO_SUCH_BF_VAR'"),
-        ("demo:\n  target: a\n  outputs:\n    a: {type: duckdb, threads: 0}\n", None, 4, "positive integer"),
+        ("demo:\n  target: a\n  outputs:\n    a: {type: duckdb, threads: 0}\n", None, 4, "`threads:` must be ≥ 1, got 0"),
         ("demo:\n  target: a\n  outputs:\n    a: {type: {{ oops }\n", None, 4, "Jinja syntax error"),
         ("demo:\n  target: a\n  outputs:\n    a: {type: duckdb}\n    b: {schema: '{{ target.schema }}'}\n", None, 5, "cannot render.*'target' is undefined"),
         ("demo:\n  target: a\n  outputs:\n    a: [1\n", None, 5, "invalid YAML"),
@@ -716,7 +721,7 @@ def test_dbt_style_fixture_loads(tmp_path: Path, no_profile_env: Path, monkeypat
     assert m.columns["grp"].tests == [{"accepted_values": {"values": ["a", "b", "c", "d"]}}]
     assert p.seeds["raw_00"].config == {"column_types": {}}
     assert [f.name for f in p.macro_files] == ["synth_macros.sql"]
-    assert p.warnings == []
+    assert [(w.key, w.line) for w in p.warnings] == [("test-paths", 9), ("column_types", 23)]
     dev = load_profile(p, None, None)
     assert dev.type == "duckdb" and dev.settings["path"] == str(root.resolve() / "synth.duckdb")
     bq = load_profile(p, None, "bq")
