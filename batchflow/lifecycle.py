@@ -35,7 +35,6 @@ RETRYABLE_STATUS = S.RETRYABLE_STATUS
 MAX_REPORTED_INVALID = 20
 MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
 POLL_LAG = 0.1  # ... and at most this share of the time they have been unchanged
-DEFAULT_POLL_INTERVAL = 5.0
 
 
 def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> float:
@@ -267,8 +266,13 @@ class BatchLifecycle:
             f"{self.node.relation.identifier}__todo")
 
     def _evaluate(self, stage: S.Stage) -> bool | None:
-        method = getattr(self, f"_{type(stage).__name__.lower()}")
-        return method(stage)
+        """Run one stage; False means "nothing to send": skip on to results and report."""
+        methods: dict[type, Callable[[Any], bool | None]] = {
+            S.Build: self._build, S.Validate: self._validate, S.Collect: self._collect, S.Diff: self._diff,
+            S.Estimate: self._estimate, S.Shard: self._shard, S.Submit: self._submit, S.Wait: self._wait,
+            S.Land: self._land, S.Rounds: self._rounds, S.Results: self._results, S.Report: self._report,
+        }
+        return methods[type(stage)](stage)
 
     # -- stages ----------------------------------------------------------------------------------------
     def _build(self, stage: S.Build) -> None:
@@ -411,7 +415,7 @@ class BatchLifecycle:
         self._top_up(stage.max_concurrent_jobs)
         if self.flags.no_wait:
             if self.backend.jobs_outlive_process:
-                self._in_flight = self._jobs
+                self._in_flight.extend(self._jobs)
                 self._jobs = []
                 return None  # on to results and report; a later run lands the jobs
             self.report.warnings.append(
@@ -423,7 +427,7 @@ class BatchLifecycle:
         """Stage: poll until every job ended, topping up to max_concurrent_jobs, landing each as it ends."""
         total = sum(j.entry.row_count for j in self._jobs) + sum(stop - start for _, start, stop in self._shards)
         finished_rows = 0
-        interval = stage.poll_interval or getattr(self.backend, "poll_interval", DEFAULT_POLL_INTERVAL)
+        interval = stage.poll_interval or self.backend.poll_interval
         delay = interval
         unchanged_since = time.monotonic()
         stopping = False

@@ -190,8 +190,10 @@ def test_a_failed_submit_still_lands_the_job_that_finished(cli: CLI, monkeypatch
 def test_max_rows_per_job_cannot_exceed_vertex_limit(cli: CLI) -> None:
     set_model_config(cli, "max_rows_per_job=250000")
     result = cli("build")
-    assert result.exit_code == 1
-    assert "200,000" in result.output
+    assert result.exit_code == 2  # a configuration error, found before anything runs
+    assert "200,000" in result.output or "200000" in result.output
+    assert not (cli.project / "target" / "batchflow.duckdb").exists() or not cli.query(
+        "select * from information_schema.tables where table_name = 'stg_reviews'")
 
 
 def test_cost_limit_refuses_before_submitting(cli: CLI) -> None:
