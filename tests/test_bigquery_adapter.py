@@ -541,7 +541,7 @@ def test_check_batch_location_looks_at_the_dataset(bigquery_emulator, bq_dataset
 def test_from_target_reads_the_profile(bigquery_emulator, bq_dataset):  # noqa: F811
     target = Target(
         name="emu", profile="p", type="bigquery", schema=bq_dataset, database="test-project",
-        settings={"type": "bigquery", "method": "oauth", "project": "test-project", "dataset": bq_dataset,
+        settings={"type": "bigquery", "method": "none", "project": "test-project", "dataset": bq_dataset,
                   "location": "us-central1", "api_endpoint": bigquery_emulator.endpoint, "labels": {"env": "ci"}},
     )
     wh = BigQueryWarehouse.from_target(target)
@@ -558,7 +558,7 @@ def test_from_target_rejects_bad_auth_settings(tmp_path):
     base = {"type": "bigquery", "project": "p", "dataset": "d", "location": "us-central1"}
     for settings, match in [
         ({**base, "method": "service-account"}, "keyfile"),
-        ({**base, "method": "token"}, "oauth or service-account"),
+        ({**base, "method": "token"}, "oauth, service-account"),
         ({**base, "method": "service-account", "keyfile": str(tmp_path / "missing.json")}, "keyfile"),
         ({**base, "labels": ["x"]}, "labels"),
     ]:

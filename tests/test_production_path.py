@@ -49,6 +49,7 @@ def add_target(project: Path, name: str, bq: BigQueryEmulator, dataset: str, ver
         f.write(f"""
     {name}:
       type: bigquery
+      method: none
       project: {bq.project}
       dataset: {dataset}
       location: {location}

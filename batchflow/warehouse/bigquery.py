@@ -31,6 +31,8 @@ _TYPE_NAMES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECOR
 # Vertex batch jobs read and write BigQuery only in their own region; these are not regions.
 _MULTI_REGIONS = {"US", "EU"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
 
 def _quote(name: str) -> str:
@@ -98,17 +100,60 @@ class BigQueryWarehouse:
         s = target.settings
         method = str(s.get("method", "oauth"))
         keyfile = s.get("keyfile")
+        where = target.profiles_file
+        credentials: Any = None
         if method == "service-account":
             if not keyfile:
-                raise ConfigError(
-                    f"target {target.name!r}: method service-account needs `keyfile:`", target.profiles_file
-                )
+                raise ConfigError(f"target {target.name!r}: method service-account needs `keyfile:`", where)
+        elif method == "service-account-json":
+            keyfile = None
+            info = s.get("keyfile_json")
+            if not isinstance(info, dict):
+                raise ConfigError(f"target {target.name!r}: method service-account-json needs `keyfile_json:`", where)
+            from google.oauth2 import service_account
+
+            try:
+                credentials = service_account.Credentials.from_service_account_info(
+                    info, scopes=list(s.get("scopes") or _SCOPES))
+            except (KeyError, ValueError) as exc:
+                raise ConfigError(f"target {target.name!r}: bad `keyfile_json:`: {exc}", where) from None
+        elif method == "oauth-secrets":
+            keyfile = None
+            from google.oauth2.credentials import Credentials
+
+            if not s.get("token") and not s.get("refresh_token"):
+                raise ConfigError(f"target {target.name!r}: method oauth-secrets needs `token:` or `refresh_token:`",
+                                  where)
+            credentials = Credentials(
+                token=s.get("token"), refresh_token=s.get("refresh_token"), client_id=s.get("client_id"),
+                client_secret=s.get("client_secret"), token_uri=s.get("token_uri") or _TOKEN_URI,
+                scopes=list(s.get("scopes") or _SCOPES),
+            )
+        elif method == "none":
+            # Explicitly anonymous: for an emulator. Never chosen from the endpoint's host, so a proxy on
+            # localhost does not get anonymous calls unless the profile asks for them.
+            keyfile = None
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()
         elif method == "oauth":
             keyfile = None  # application default credentials
+            if s.get("api_endpoint"):
+                # Looked up here: left to the client, a loopback endpoint would fall back to anonymous calls.
+                import google.auth
+                from google.auth.exceptions import DefaultCredentialsError
+
+                try:
+                    credentials, _ = google.auth.default(scopes=list(s.get("scopes") or _SCOPES))
+                except DefaultCredentialsError as exc:
+                    raise ConfigError(
+                        f"target {target.name!r}: method oauth found no application default credentials "
+                        f"({str(exc).splitlines()[0]}); for an emulator set `method: none`", where) from None
         else:
             raise ConfigError(
-                f"target {target.name!r}: `method:` must be oauth or service-account, got {method!r}",
-                target.profiles_file,
+                f"target {target.name!r}: `method:` must be one of oauth, service-account, service-account-json, "
+                f"oauth-secrets, none; got {method!r}",
+                where,
             )
         labels = s.get("labels") or {}
         if not isinstance(labels, dict):
@@ -118,6 +163,7 @@ class BigQueryWarehouse:
             None if project is None else str(project),
             str(s.get("dataset") or s.get("schema") or target.schema),
             None if s.get("location") is None else str(s["location"]),
+            credentials=credentials,
             keyfile=None if keyfile is None else str(keyfile),
             api_endpoint=s.get("api_endpoint"),
             use_storage_api=bool(s.get("use_storage_api", False)),

@@ -105,6 +105,39 @@ def _render(relation: Relation) -> str:
     return f"{_quote(relation.schema)}.{_quote(relation.identifier)}"
 
 
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _open_error(path: str, exc: BaseException) -> str:
+    """One line saying why DuckDB could not open `path`; for a lock, which process holds it."""
+    text = str(exc)
+    held = _LOCK_HOLDER.search(text)
+    if held:
+        return (f"DuckDB database {path} is in use by another process (PID {held['pid']}, {held['program']}); "
+                "wait for it to finish, or stop it")
+    return f"cannot open DuckDB database {path}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+def _csv_problem(path: Path, exc: BaseException) -> tuple[str, Path, int | None]:
+    """(message, file, line) for a CSV DuckDB refused: the first row whose field count differs from the
+    header's, found with the csv module (only on this error path), else DuckDB's first line."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                return "the CSV file is empty (it needs a header row)", path, 1
+            for row in reader:
+                if row and len(row) != len(header):
+                    return (f"row has {len(row)} field(s), the header has {len(header)}", path, reader.line_num)
+    except (OSError, UnicodeDecodeError, csv.Error) as read_error:
+        return f"cannot read the CSV file: {read_error}", path, None
+    text = getattr(exc, "message", None) or str(exc)
+    return f"DuckDB cannot read this CSV: {text.splitlines()[0]}", path, None
+
+
 class DuckDBWarehouse:
     """A DuckDB database file (or `:memory:`), one cursor per thread."""
 
@@ -117,11 +150,19 @@ class DuckDBWarehouse:
             raise ConfigError(f"DuckDB file {Path(self.path).name} has the same name as schema {schema!r}; "
                               "rename one of them in profiles.yml")
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # One missing folder (e.g. target/) is created, never a tree: load_profile has refused paths whose
+            # parent's parent is missing or outside the project, so a typo cannot create folders at `/`.
+            try:
+                Path(self.path).parent.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the folder of DuckDB database {self.path}: "
+                                  f"{exc.strerror or exc}") from None
+            if Path(self.path).is_dir():
+                raise ConfigError(f"DuckDB database {self.path} is a folder; `path:` must name a file")
         try:
             self._conn = duckdb.connect(self.path)
-        except duckdb.Error as exc:  # e.g. the file is locked by another batchflow process
-            raise ExecutionError(f"cannot open DuckDB database {self.path}: {exc}") from exc
+        except duckdb.Error as exc:
+            raise ConfigError(_open_error(self.path, exc)) from None
         self.schema = schema
         self._closed = False
         self._local = threading.local()
@@ -292,7 +333,11 @@ class DuckDBWarehouse:
         return self._count(relation)
 
     def load_csv(self, relation: Relation, path: Path) -> int:
-        described = self._run("DESCRIBE SELECT * FROM read_csv(?, header = true)", [str(path)])
+        # Comma-separated, as dbt reads seeds: left to guess, DuckDB reads a ragged file as one column.
+        try:
+            described = self._run("DESCRIBE SELECT * FROM read_csv(?, header = true, delim = ',')", [str(path)])
+        except ExecutionError as exc:
+            raise ConfigError(*_csv_problem(path, exc)) from None
         # BigQuery loads CSV timestamps as TIMESTAMP (UTC), not DATETIME: keep that on DuckDB too.
         select = ", ".join(
             f"CAST({_quote(name)} AS TIMESTAMPTZ) AS {_quote(name)}" if dtype == "TIMESTAMP" else _quote(name)
@@ -304,7 +349,7 @@ class DuckDBWarehouse:
             ([] if kind == "table" else self._drop_statement(relation, kind))
             + [
                 f"CREATE OR REPLACE TABLE {_render(relation)} AS "
-                f"SELECT {select} FROM read_csv({path_literal}, header = true)"
+                f"SELECT {select} FROM read_csv({path_literal}, header = true, delim = ',')"
             ]
         )
         return self._count(relation)
