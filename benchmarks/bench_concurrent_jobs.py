@@ -7,7 +7,8 @@ Three builds: N threads, 1 thread, and N threads with jobs that finish at once (
 build without the waiting), each on a fresh project and warehouse.
 
 Runs in one process: the emulator (tests/emulators/vertex.py) serves on 127.0.0.1 and writes its
-output tables into the same DuckDB file the runner uses, through the Warehouse protocol.
+output tables into the same DuckDB file the runner uses, with its own DuckDB code (tests/emulators/tables.py;
+in one process both connections share DuckDB's database instance).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ sys.path.insert(0, str(REPO))
 from typer.testing import CliRunner  # noqa: E402
 
 from batchflow.cli import app  # noqa: E402
-from batchflow.warehouse.duckdb import DuckDBWarehouse  # noqa: E402
-from tests.emulators.vertex import VertexEmulator  # noqa: E402
+from tests.emulators.tables import DuckDBTables  # noqa: E402
+from tests.emulators.vertex import PROJECT, VertexEmulator  # noqa: E402
 
 
 def make_project(root: Path, models: int, rows: int, vertex_url: str) -> None:
@@ -83,15 +84,15 @@ def main() -> None:
     for label, threads, seconds in runs:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            warehouse = DuckDBWarehouse(root / "warehouse.duckdb", schema="ds")
-            emulator = VertexEmulator(warehouse, pending_seconds=0.0, running_seconds=seconds).start()
+            tables = DuckDBTables(root / "warehouse.duckdb")
+            tables.ensure_dataset(PROJECT, "ds")
+            emulator = VertexEmulator(tables, pending_seconds=0.0, running_seconds=seconds).start()
             try:
                 make_project(root, args.models, args.rows, emulator.url)
                 figures[label] = timed_build(root, threads)
                 assert len(emulator.jobs) == args.models, emulator.jobs
             finally:
                 emulator.stop()
-                warehouse.close()
 
     parallel, serial, overhead = (figures[label] for label, _, _ in runs)
     print(f"{args.models} batch models x {args.rows} rows, each job {args.job_seconds:.1f}s in the emulator\n")

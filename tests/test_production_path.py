@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from batchflow.batch.providers.mock import MockProvider
 from batchflow.warehouse.bigquery import BigQueryWarehouse
 from tests.conftest import CLI
 from tests.emulators.bigquery import BigQueryEmulator, bigquery_emulator, bq_dataset  # noqa: F401
-from tests.emulators.vertex import VertexEmulator
+from tests.emulators.gemini import response_text
+from tests.emulators.vertex import Answer, VertexEmulator
 
 pytestmark = [pytest.mark.emulator, pytest.mark.e2e]
 
@@ -71,14 +71,17 @@ def prod(example_project: Path, bigquery_emulator: BigQueryEmulator, bq_dataset:
     # The source table the example reads, loaded from its sample as the shop's export job would.
     wh.ensure_schema("shop_raw")
     wh.load_csv(wh.relation("reviews", "shop_raw"), example_project / "data" / "reviews.csv")
-    # Answer like the local target's profile does: the review asking for lyrics gets RECITATION.
-    provider = MockProvider({"failures": [{"when_prompt_contains": "lyrics", "outcome": "recitation"}]})
-    vertex = VertexEmulator(wh, provider=provider, pending_seconds=0.2, running_seconds=0.5).start()
+    # The Vertex emulator reads and writes the BigQuery emulator through its own client. Like the
+    # local target's profile, it answers the review asking for lyrics with RECITATION.
+    client = bigquery_emulator.client()
+    vertex = VertexEmulator(client, row_rules=[{"when_prompt_contains": "lyrics", "outcome": "recitation"}],
+                            pending_seconds=0.2, running_seconds=0.5).start()
     add_target(example_project, "emu", bigquery_emulator, bq_dataset, vertex.url)
     try:
         yield Prod(CLI(example_project), wh, vertex, bq_dataset)
     finally:
         vertex.stop()
+        client.close()
         wh.close()
 
 
@@ -93,17 +96,63 @@ def test_example_pipeline_matches_the_local_target(prod: Prod) -> None:
     assert len(on_bigquery) == STAGED_REVIEWS
     assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}") == [("LANDED",)]
 
-    # The same project on the local target (DuckDB + local executor) gives the same flattened rows.
+    # The flattened rows are what the emulator answered (its own record, flattened here in Python).
+    answered = expected_answers(prod)
+    assert sorted(answered) == [r[0] for r in on_bigquery]
+    assert on_bigquery == sorted(expected_label(rid, a) for rid, a in answered.items())
+    assert any(a.outcome == "recitation" for a in answered.values())  # the lyrics review
+    topics = sorted(prod.query(f"SELECT review_id, topic FROM {prod.table('review_topics')}"))
+    assert topics == sorted((rid, t) for rid, a in answered.items() for t in (answer_json(a) or {}).get("topics", []))
+    ratings = sorted(prod.query(
+        f"SELECT review_id, category, probability, probability_score, severity, blocked "
+        f"FROM {prod.table('review_safety_ratings')}"))
+    assert ratings == sorted(
+        (rid, r["category"], r["probability"], r["probabilityScore"], r["severity"], r.get("blocked", False))
+        for rid, a in answered.items() for c in (a.response or {}).get("candidates", [])[:1]
+        for r in c.get("safetyRatings", []))
+
+    # The same project on the local target (DuckDB + local executor, another answerer) has the same
+    # rows, outcomes and per-day counts.
     assert prod.cli("build").exit_code == 0
     on_duckdb = sorted(prod.cli.query(f"SELECT {LABEL_COLUMNS} FROM reviews.review_labels"))
-    assert on_bigquery == on_duckdb
-    for table in ("daily_sentiment", "review_topics", "review_safety_ratings"):
-        bq_count = prod.query(f"SELECT COUNT(*) FROM {prod.table(table)}")[0][0]
-        assert bq_count == prod.cli.query(f"SELECT COUNT(*) FROM reviews.{table}")[0][0], table
+    assert [(r[0], r[3], r[4]) for r in on_bigquery] == [(r[0], r[3], r[4]) for r in on_duckdb]
+    daily = "SELECT review_date, reviews, unlabeled FROM {} ORDER BY review_date"
+    assert prod.query(daily.format(prod.table("daily_sentiment"))) == prod.cli.query(daily.format("reviews.daily_sentiment"))
 
     # An unchanged rerun creates no job.
     assert prod.cli("run", "--target", "emu").exit_code == 0
     assert len(prod.vertex.jobs) == 1
+
+
+OUTCOME_LABELS = {"ok": "ok", "recitation": "candidate_blocked", "safety": "candidate_blocked",
+                  "prompt_blocked": "prompt_blocked", "max_tokens": "truncated", "truncated": "truncated"}
+
+
+def expected_answers(prod: Prod) -> dict[str, Answer]:
+    """review_id → the emulator's answer to its request (duplicate requests share one answer)."""
+    by_request = {canonical(a.row["request"]): a for a in prod.vertex.answers}
+    requests = prod.query(f"SELECT review_id, TO_JSON_STRING(request) FROM {prod.table('review_requests')}")
+    return {rid: by_request[canonical(req)] for rid, req in requests}
+
+
+def canonical(request: str) -> str:
+    return json.dumps(json.loads(request), sort_keys=True)
+
+
+def answer_json(a: Answer) -> dict | None:
+    """The JSON-mode answer object, or None when the row has no answer text."""
+    text = response_text(a.response)
+    return json.loads(text) if text else None
+
+
+def expected_label(review_id: str, a: Answer) -> tuple:
+    """A review_labels row (LABEL_COLUMNS) as a correct flattening of `a` gives it."""
+    value = answer_json(a) or {}
+    response = a.response or {}
+    candidate = (response.get("candidates") or [{}])[0]
+    return (review_id, value.get("sentiment"), value.get("summary"), OUTCOME_LABELS.get(a.outcome, "row_error"),
+            candidate.get("finishReason"), (response.get("usageMetadata") or {}).get("totalTokenCount"),
+            response.get("modelVersion"))
 
 
 def test_no_wait_submits_and_a_later_run_lands(prod: Prod) -> None:

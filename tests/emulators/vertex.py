@@ -1,5 +1,8 @@
 """A Vertex AI batch prediction emulator on 127.0.0.1, for tests (contract: shared/contract/vertex-batch.md §4).
 
+It never imports batchflow: its storage (`tables.py`), answers (`gemini.py`), output schema and
+status texts are its own, written from the contract, so a bug shared with batchflow cannot hide.
+
 It serves the REST surface google-genai calls on Vertex, under `/v1beta1/` and `/v1/`:
 
     POST   /{v}/projects/{p}/locations/{l}/batchPredictionJobs              create
@@ -10,22 +13,46 @@ It serves the REST surface google-genai calls on Vertex, under `/v1beta1/` and `
 
 with proto3 JSON (camelCase, int64 as strings, default values omitted) and google.rpc error bodies.
 Jobs move [QUEUED →] PENDING → RUNNING → terminal on `clock` (`queued_seconds`, `pending_seconds`,
-`running_seconds`, `cancel_seconds`, read when a job is created). On RUNNING a job reads its input table
-through a `Warehouse` (`bq://p.d.t` → `warehouse.relation(t, d)`), answers each `request` with the
-mock provider, and at the end writes the output table with Vertex's columns (input columns, `response`
-JSON, `status` STRING, `processed_time` TIMESTAMP) through `warehouse.write_arrow`.
+`running_seconds`, `cancel_seconds`, read when a job is created). On RUNNING a job reads its input
+table (`bq://p.d.t`) and answers each `request` (gemini.py); when it ends it writes the output table
+(contract §2.2: input columns, then `response` JSON, `status` STRING, `processed_time` TIMESTAMP).
+
+Construction: `VertexEmulator(tables, ...)` where `tables` is a `DuckDBTables` / `BigQueryTables`
+(tables.py), a DuckDB file path, a DuckDB connection or a `google.cloud.bigquery.Client`.
 
 Test knobs (Python API on the emulator object):
+- `emu.row_rules = [{"when_prompt_contains": "lyrics", "outcome": "recitation", "limit": 1}, ...]`:
+  row-level outcomes (gemini.py: recitation, safety, prompt_blocked, max_tokens, transient_error,
+  server_error, failed_precondition, bad_request); `limit` counts over the emulator's life.
+- `emu.answers`: one `Answer` per row written to an output table (input row, response, status, outcome).
 - `emu.faults.<op> = [503, 429, "drop", ...]` for op in create/get/list/cancel/delete: consumed one per
   call, in order; an int answers with that HTTP error, "drop" closes the connection without an answer.
   A create fault creates nothing.
 - `emu.faults.create_after_commit = [500 | "drop"]` / `emu.faults.create_timeout_after_commit = True`
   (one "drop"): the job IS created, then the error is returned (an ambiguous create).
-- `emu.next_job_outcome = "FAILED" | "EXPIRED" | "PARTIALLY_SUCCEEDED" | "CANCELLED" | "PAUSED"` (next
-  create only); `emu.next_job_error = {"code":..., "message":..., "details": [...]}` overrides the error.
-- `emu.provider` (default `MockProvider({})`; pass `{"failures": [...]}` rules for row-level failures).
+- `emu.next_job_outcome = "SUCCEEDED" | "FAILED" | "EXPIRED" | "PARTIALLY_SUCCEEDED" | "CANCELLED" | "PAUSED"`
+  (next create only); `emu.next_job_error = {"code":..., "message":..., "details": [...]}` overrides the error.
+- `emu.next_job_output_rows = N | None` (next create only): how many rows the job leaves in its output
+  table. None = the state's own default: SUCCEEDED all rows; PARTIALLY_SUCCEEDED the last third
+  (at least one row) is absent from the table; FAILED and EXPIRED no table (an EXPIRED job never
+  runs); CANCELLED the rows processed when it was cancelled (half for `next_job_outcome`). An int
+  writes exactly the first N rows (capped at the input size) for any terminal state, FAILED and
+  EXPIRED included (Vertex keeps completed work on cancel/timeout, contract §1, §4.1); such an
+  EXPIRED job runs, then expires. `completionStats` count what was written: successful/failed among
+  the written rows, the rest incomplete.
+- Cancel of a terminal job answers 400 FAILED_PRECONDITION; delete of a running one too.
+- Hooks, called in the HTTP thread BEFORE the response is sent, outside the emulator's lock (a hook
+  may block, e.g. on a threading.Event, while the test SIGKILLs the client):
+  `emu.on_request(op, callback)` for op in create/get/list/cancel/delete (faulted calls included);
+  `emu.on_state(state, callback)` when a get is about to report `state` (e.g. "JOB_STATE_SUCCEEDED").
+  `callback(call: Call, state: str | None)`; `call.status_code` is the HTTP status about to be sent,
+  `state` the job state a get carries (None otherwise). Both return a function that removes the hook.
+  `emu.hold(op=..., state=..., times=1) -> Hold`: a ready-made blocking hook: `hold.reached` (Event)
+  is set when a matching response is held, `hold.release()` lets it go (stop() releases every hold).
 - `emu.output_table_format = "uri" | "name"`: `outputInfo.bigqueryOutputTable` as `bq://p.d.t` or bare.
-- `emu.max_page_size` caps list pages; `emu.use_manual_clock()` freezes time (then `clock.advance(s)`).
+- `emu.max_page_size` caps list pages.
+- `emu.use_manual_clock()` freezes time and returns the clock; `clock.advance(s)` moves it and steps
+  every job at once (no background tick needed), so any terminal state is reached without sleeping.
 - `emu.calls` records every request (method, path, query, body, headers); `emu.count("create")`.
 """
 
@@ -47,11 +74,8 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pytest
 
-from batchflow.batch.local import OUTPUT_FIELDS
-from batchflow.batch.providers.base import Provider, ProviderResult, error_status
-from batchflow.batch.providers.mock import MockProvider
-from batchflow.relation import Relation
-from batchflow.warehouse.base import Warehouse
+from .gemini import RowResult, RowRule, answer
+from .tables import OUTPUT_COLUMNS, Column, DuckDBTables, Tables, open_tables
 
 PROJECT = "test-project"
 LOCATION = "us-central1"
@@ -70,21 +94,29 @@ _KNOWN_FIELDS = {
     "modelParameters", "outputConfig", "dedicatedResources", "serviceAccount", "manualBatchTuningParameters",
     "generateExplanation", "explanationSpec", "labels", "encryptionSpec", "disableContainerLogging",
 }
+_RPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+               409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+               501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 OUTCOMES = ("SUCCEEDED", "FAILED", "EXPIRED", "PARTIALLY_SUCCEEDED", "CANCELLED", "PAUSED")
 TERMINAL = {f"JOB_STATE_{s}" for s in ("SUCCEEDED", "FAILED", "EXPIRED", "PARTIALLY_SUCCEEDED", "CANCELLED")}
+OPS = ("create", "get", "list", "cancel", "delete")
 
 
 class ManualClock:
-    """A clock that moves only when told (`advance`), for tests that step a job through its states."""
+    """A clock that moves only when told (`advance`), for tests that step a job through its states.
+    `on_advance` callbacks run after each move (the emulator steps its jobs there)."""
 
     def __init__(self, start: float = 0.0):
         self.now = start
+        self.on_advance: list[Callable[[], None]] = []
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+        for callback in self.on_advance:
+            callback()
 
 
 @dataclass
@@ -106,7 +138,7 @@ class Faults:
 
 @dataclass
 class Call:
-    """One HTTP request as the emulator received it."""
+    """One HTTP request as the emulator received it, and the status it was answered with."""
 
     method: str
     path: str
@@ -114,6 +146,20 @@ class Call:
     body: Any
     headers: dict[str, str]
     op: str | None  # create | get | list | cancel | delete | None (unrouted)
+    status_code: int | None = None  # HTTP status sent (0: connection dropped)
+    state: str | None = None  # the job state a get / create / cancel reply carries
+
+
+@dataclass
+class Answer:
+    """One row the emulator wrote to an output table: what a correct landing must reflect."""
+
+    job: str
+    table: str
+    row: dict[str, Any]  # the input row's columns (JSON columns as text)
+    response: dict | None
+    status: str
+    outcome: str  # ok | invalid | truncated | a row-rule outcome
 
 
 @dataclass
@@ -125,10 +171,10 @@ class Job:
     model: str
     input_uri: str
     output_uri: str
-    output: Relation
     output_table_uri: str
     labels: dict[str, str]
     outcome: str
+    output_rows: int | None
     error: dict | None
     created: float
     queued_until: float
@@ -142,19 +188,42 @@ class Job:
     updated: float = 0.0
     cancel_at: float | None = None
     # filled when the job starts running
-    batches: list[pa.RecordBatch] = field(default_factory=list)
-    schema: pa.Schema | None = None
-    json_columns: list[str] = field(default_factory=list)
-    row_ok: list[bool] = field(default_factory=list)
-    processed: int = 0
-    written: bool = False
+    columns: list[Column] = field(default_factory=list)
+    input: pa.Table | None = None
+    results: list[RowResult] = field(default_factory=list)
+    processed: int = 0  # rows done so far (while running)
+    written: int | None = None  # rows in the output table once ended; None = no table
 
 
 class ApiError(Exception):
     def __init__(self, code: int, message: str, status: str | None = None):
         super().__init__(message)
         self.code, self.message = code, message
-        self.status = status or {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND"}.get(code, "INTERNAL")
+        self.status = status or _RPC_STATUS.get(code, "INTERNAL")
+
+
+class Hold:
+    """A blocking hook: holds up to `times` matching responses until `release()`."""
+
+    def __init__(self, times: int = 1, timeout: float = 300.0):
+        self.reached = threading.Event()
+        self.calls: list[Call] = []
+        self._released = threading.Event()
+        self._left = times
+        self._timeout = timeout
+        self._lock = threading.Lock()
+
+    def __call__(self, call: Call, state: str | None) -> None:
+        with self._lock:
+            if self._left <= 0:
+                return
+            self._left -= 1
+            self.calls.append(call)
+        self.reached.set()
+        self._released.wait(self._timeout)
+
+    def release(self) -> None:
+        self._released.set()
 
 
 class VertexEmulator:
@@ -162,17 +231,17 @@ class VertexEmulator:
 
     def __init__(
         self,
-        warehouse: Warehouse,
+        tables: Tables | Any,
         *,
-        provider: Provider | None = None,
+        row_rules: list[dict | RowRule] | None = None,
         queued_seconds: float = 0.0,
         pending_seconds: float = 0.2,
         running_seconds: float = 0.2,
         cancel_seconds: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.warehouse = warehouse
-        self.provider: Provider = provider or MockProvider({})
+        self.tables: Tables = open_tables(tables)
+        self.row_rules = row_rules or []
         self.queued_seconds = queued_seconds
         self.pending_seconds = pending_seconds
         self.running_seconds = running_seconds
@@ -180,17 +249,31 @@ class VertexEmulator:
         self.clock = clock
         self.faults = Faults()
         self.next_job_outcome: str | None = None
+        self.next_job_output_rows: int | None = None
         self.next_job_error: dict | None = None
         self.output_table_format = "uri"
         self.max_page_size = 100
         self.calls: list[Call] = []
         self.jobs: dict[str, Job] = {}
+        self.answers: list[Answer] = []
+        self._request_hooks: dict[str, list[Callable]] = {op: [] for op in OPS}
+        self._state_hooks: dict[str, list[Callable]] = {}
+        self._holds: list[Hold] = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._t0 = (clock(), datetime.now(timezone.utc))
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+
+    @property
+    def row_rules(self) -> list[RowRule]:
+        return self._row_rules
+
+    @row_rules.setter
+    def row_rules(self, rules: list[dict | RowRule]) -> None:
+        """Parsed once, so a rule's `limit` counts across jobs."""
+        self._row_rules = [RowRule.parse(r) for r in rules]
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -217,6 +300,8 @@ class VertexEmulator:
 
     def stop(self) -> None:
         self._stop.set()
+        for hold in self._holds:
+            hold.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -225,16 +310,59 @@ class VertexEmulator:
         self._server = None
 
     def use_manual_clock(self, start: float = 0.0) -> ManualClock:
-        """Freeze time: jobs move only when the returned clock advances (call before creating jobs)."""
+        """Freeze time: jobs move only when the returned clock advances (call before creating jobs);
+        each `advance` steps every job right away, so the output is there when it returns."""
         with self._lock:
             clock = ManualClock(start)
+            clock.on_advance.append(self.step)
             self.clock = clock
             self._t0 = (start, self._t0[1])
             return clock
 
+    def step(self) -> None:
+        """Bring every job up to the clock's now (the background tick does this every 20 ms)."""
+        with self._lock:
+            for job in list(self.jobs.values()):
+                self._advance(job)
+
     def client(self, project: str = PROJECT, location: str = LOCATION, api_version: str | None = None):
         """A real `genai.Client` pointed at this emulator (contract §4.4 loopback setup)."""
         return make_client(self.url, project, location, api_version)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def on_request(self, op: str, callback: Callable[[Call, str | None], None]) -> Callable[[], None]:
+        """Call `callback(call, state)` before each `op` response is sent; returns the remover."""
+        if op not in OPS:
+            raise ValueError(f"op must be one of {OPS}")
+        self._request_hooks[op].append(callback)
+        return lambda: self._request_hooks[op].remove(callback)
+
+    def on_state(self, state: str, callback: Callable[[Call, str | None], None]) -> Callable[[], None]:
+        """Call `callback(call, state)` before a get reporting `state` is sent; returns the remover."""
+        if not state.startswith("JOB_STATE_"):
+            state = f"JOB_STATE_{state.upper()}"
+        hooks = self._state_hooks.setdefault(state, [])
+        hooks.append(callback)
+        return lambda: hooks.remove(callback)
+
+    def hold(self, op: str | None = None, state: str | None = None, times: int = 1, timeout: float = 300.0) -> Hold:
+        """Hold the next `times` responses to `op` (or gets reporting `state`) until released."""
+        if (op is None) == (state is None):
+            raise ValueError("give exactly one of op, state")
+        hold = Hold(times, timeout)
+        self._holds.append(hold)
+        if op is not None:
+            self.on_request(op, hold)
+        else:
+            self.on_state(state, hold)
+        return hold
+
+    def _run_hooks(self, call: Call) -> None:
+        for callback in list(self._request_hooks.get(call.op or "", [])):
+            callback(call, call.state if call.op == "get" else None)
+        if call.op == "get" and call.state is not None:
+            for callback in list(self._state_hooks.get(call.state, [])):
+                callback(call, call.state)
 
     # -- inspection ------------------------------------------------------------------------------
     def count(self, op: str) -> int:
@@ -255,11 +383,13 @@ class VertexEmulator:
                     except Exception:  # pragma: no cover - a broken job must not stop the clock
                         pass
 
+    def _wall(self, t: float) -> datetime:
+        return self._t0[1] + timedelta(seconds=t - self._t0[0])
+
     def _stamp(self, t: float | None) -> str | None:
         if t is None:
             return None
-        wall = self._t0[1] + timedelta(seconds=t - self._t0[0])
-        return wall.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return self._wall(t).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
     def _set(self, job: Job, state: str, at: float) -> None:
         job.state = state
@@ -274,7 +404,7 @@ class VertexEmulator:
             if st == "JOB_STATE_QUEUED" and now >= job.queued_until:
                 self._set(job, "JOB_STATE_PENDING", job.queued_until)
             elif st == "JOB_STATE_PENDING" and now >= job.pending_until:
-                if job.outcome == "EXPIRED":
+                if job.outcome == "EXPIRED" and job.output_rows is None:  # expired in the queue: never ran
                     self._set(job, "JOB_STATE_EXPIRED", job.pending_until)
                     job.ended = job.pending_until
                 else:
@@ -286,7 +416,7 @@ class VertexEmulator:
                 if now < job.started + job.running_seconds:
                     break
                 if job.outcome == "CANCELLED":  # cancelled by someone else half-way: half the rows are kept
-                    job.processed = len(job.row_ok) // 2
+                    job.processed = len(job.results) // 2
                 self._finish(job, job.outcome, job.started + job.running_seconds)
             elif st == "JOB_STATE_CANCELLING" and now >= job.cancel_at + job.cancel_seconds:
                 self._finish(job, "CANCELLED", job.cancel_at + job.cancel_seconds)
@@ -294,7 +424,7 @@ class VertexEmulator:
                 break
 
     def _progress(self, job: Job, now: float) -> int:
-        total = len(job.row_ok)
+        total = len(job.results)
         if job.running_seconds <= 0:
             return total
         return min(total, int(total * (now - job.started) / job.running_seconds + 1e-9))
@@ -306,12 +436,11 @@ class VertexEmulator:
 
     def _start(self, job: Job) -> None:
         """Read and answer the input (the output is written when the job ends)."""
-        source = _relation(self.warehouse, job.input_uri)
-        if self.warehouse.kind(source) is None:
-            return self._fail(job, job.started, 3, f"Failed to import data. Not found: Table {job.input_uri[5:]} was not found.")
-        columns = self.warehouse.columns(source)
-        names = [c.name for c in columns]
-        if "request" not in names:
+        uri = job.input_uri
+        if not self.tables.exists(uri):
+            return self._fail(job, job.started, 3, f"Failed to import data. Not found: Table {uri[5:]} was not found.")
+        columns = self.tables.columns(uri)
+        if "request" not in [c.name for c in columns]:
             return self._fail(job, job.started, 3, "Failed to import data. The input table has no `request` column.")
         bad = [c for c in columns if c.type.split("<")[0] in _FORBIDDEN_INPUT_TYPES]
         if bad:
@@ -319,42 +448,70 @@ class VertexEmulator:
                 job, job.started, 3, f"Failed to import data. Unsupported column type {bad[0].type} of {bad[0].name}."
             )
         try:
-            batches = list(self.warehouse.iter_batches(f"select * from {source.render()}"))
-            schema = pa.schema(list(batches[0].schema)) if batches else self.warehouse.query_arrow(
-                f"select * from {source.render()} limit 0").schema
-            schema = pa.schema(list(schema))  # drop engine metadata
-            job.schema = pa.schema(list(schema) + list(OUTPUT_FIELDS))
-            job.json_columns = ["response"] + [c.name for c in columns if c.type == "JSON"]
-            model = job.model.rsplit("/", 1)[-1]  # the mock hashes the short name, as the local backend does
-            for batch in batches:
-                out, ok = _answer(self.provider, model, batch, schema, job.schema, self._stamp(job.started))
-                job.batches.append(out)
-                job.row_ok.extend(ok)
+            data = self.tables.read(uri)
+            job.columns, job.input = columns, data.select([c.name for c in columns])
+            texts = data.column("request").to_pylist()
+            model, total = job.model.rsplit("/", 1)[-1], len(texts)
+            for i, text in enumerate(texts):
+                job.results.append(answer(text, model, self.row_rules, self._stamp(_row_at(job, i, total))))
         except Exception as exc:
             self._fail(job, job.started, 13, f"Internal error: {type(exc).__name__}: {exc}")
+
+    def _rows_to_write(self, job: Job, outcome: str) -> int | None:
+        """How many leading rows end up in the output table (None: no table); see `next_job_output_rows`."""
+        total = len(job.results)
+        if job.output_rows is not None:
+            return min(job.output_rows, total)
+        if outcome == "SUCCEEDED":
+            return total
+        if outcome == "PARTIALLY_SUCCEEDED":
+            return total - max(1, total // 3) if total else 0
+        if outcome == "CANCELLED":
+            return job.processed if job.started is not None else None
+        return None  # FAILED, EXPIRED
 
     def _finish(self, job: Job, outcome: str, at: float) -> None:
         if outcome == "PAUSED":
             self._set(job, "JOB_STATE_PAUSED", at)
             return
+        if job.started is None and job.output_rows is not None:  # cancelled while pending, rows asked for
+            job.started = at
+            self._start(job)
+            if job.state == "JOB_STATE_FAILED":
+                return
+        rows = self._rows_to_write(job, outcome)
+        if rows is not None:
+            if self.tables.exists(job.output_table_uri):
+                return self._fail(job, at, 3, f"Failed to export data: table {job.output_table_uri[5:]} already exists.")
+            try:
+                self._write(job, rows)
+            except Exception as exc:
+                return self._fail(job, at, 13, f"Failed to export data: {type(exc).__name__}: {exc}")
+        job.written = rows
         if outcome == "FAILED":
             return self._fail(job, at, 13, "Batch prediction job failed: internal error while running predictions.")
         if outcome == "CANCELLED":
             job.error = job.error or {"code": 1, "message": "CANCELED"}
-        else:
-            job.processed = len(job.row_ok)
-        if job.started is not None:
-            rows = job.processed
-            target = _relation(self.warehouse, job.output_table_uri)
-            if self.warehouse.kind(target) is not None:
-                return self._fail(job, at, 3, f"Failed to export data: table {job.output_table_uri[5:]} already exists.")
-            try:
-                self.warehouse.write_arrow(target, _head(job.batches, rows), job.schema, json_columns=job.json_columns)
-                job.written = True
-            except Exception as exc:
-                return self._fail(job, at, 13, f"Failed to export data: {type(exc).__name__}: {exc}")
         job.ended = at
         self._set(job, f"JOB_STATE_{outcome}", at)
+
+    def _write(self, job: Job, rows: int) -> None:
+        """Create the output table with the first `rows` rows (contract §2.2 columns)."""
+        results = job.results[:rows]
+        head = job.input.slice(0, rows)
+        times = [self._wall(_row_at(job, i, len(job.results))) for i in range(rows)]
+        extra = [
+            pa.array([json.dumps(r.response, ensure_ascii=False) if r.response is not None else None for r in results],
+                     pa.string()),
+            pa.array([r.status for r in results], pa.string()),
+            pa.array(times, pa.timestamp("us", tz="UTC")),
+        ]
+        names = [c.name for c in job.columns] + [name for name, _ in OUTPUT_COLUMNS]
+        table = pa.Table.from_arrays([head.column(i) for i in range(head.num_columns)] + extra, names=names)
+        columns = job.columns + [Column(name, kind) for name, kind in OUTPUT_COLUMNS]
+        self.tables.create_output(job.output_table_uri, columns, table)
+        for row, result in zip(head.to_pylist(), results):
+            self.answers.append(Answer(job.name, job.output_table_uri, row, result.response, result.status, result.outcome))
 
     # -- REST ----------------------------------------------------------------------------------------
     def _to_json(self, job: Job) -> dict:
@@ -373,11 +530,13 @@ class VertexEmulator:
             ds = job.output_table_uri.rsplit(".", 1)[0]
             table = job.output_table_uri if self.output_table_format == "uri" else job.output_table_uri.rsplit(".", 1)[1]
             out["outputInfo"] = {"bigqueryOutputDataset": ds, "bigqueryOutputTable": table}
-            ok = sum(job.row_ok[: job.processed])
+            # while running: the rows done so far; once ended: the rows in the output table
+            done = (job.written or 0) if job.ended is not None else job.processed
+            ok = sum(1 for r in job.results[:done] if r.status == "")
             stats = {
                 "successfulCount": str(ok),
-                "failedCount": str(job.processed - ok),
-                "incompleteCount": str(len(job.row_ok) - job.processed),
+                "failedCount": str(done - ok),
+                "incompleteCount": str(len(job.results) - done),
             }
             out["completionStats"] = {k: v for k, v in stats.items() if v != "0"}  # proto3 omits zeros
         if job.ended is not None:
@@ -421,28 +580,31 @@ class VertexEmulator:
         parts = output_uri[5:].split(".")
         if len(parts) == 1:  # Vertex creates a dataset, then a table in it
             parts.append(f"prediction_{model.rsplit('/', 1)[-1].replace('-', '_').replace('.', '_')}_{stamp}")
-            self.warehouse.ensure_schema(parts[1])
+            self.tables.ensure_dataset(parts[0], parts[1])
         if len(parts) == 2:
             parts.append(f"predictions_{stamp}")
         table_uri = "bq://" + ".".join(parts)
         for other in self.jobs.values():
             if other.output_table_uri == table_uri and other.state not in TERMINAL:
                 raise ApiError(400, f"BigQuery table {table_uri[5:]} is the destination of running job {other.name}.")
-        if self.warehouse.kind(_relation(self.warehouse, table_uri)) is not None:
+        if self.tables.exists(table_uri):
             raise ApiError(400, f"BigQuery table {table_uri[5:]} already exists. Please use a new table.")
         outcome = (self.next_job_outcome or "SUCCEEDED").upper()
         if outcome not in OUTCOMES:
             raise ValueError(f"next_job_outcome must be one of {OUTCOMES}")
+        output_rows = self.next_job_output_rows
+        if output_rows is not None and (not isinstance(output_rows, int) or output_rows < 0):
+            raise ValueError("next_job_output_rows must be None or an int >= 0")
         job = Job(
             name=f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}",
             display_name=display,
             model=model,
             input_uri=input_uri,
             output_uri=output_uri,
-            output=_relation(self.warehouse, table_uri),
             output_table_uri=table_uri,
             labels=dict(labels),
             outcome=outcome,
+            output_rows=output_rows,
             error=self.next_job_error,
             created=now,
             queued_until=now + self.queued_seconds,
@@ -453,7 +615,7 @@ class VertexEmulator:
             updated=now,
         )
         job.history.append(job.state)
-        self.next_job_outcome = self.next_job_error = None
+        self.next_job_outcome = self.next_job_error = self.next_job_output_rows = None
         self.jobs[job_id] = job
         return job, self._to_json(job)
 
@@ -488,7 +650,10 @@ class VertexEmulator:
 
     def _cancel(self, job: Job) -> dict:
         if job.state in TERMINAL:
-            raise ApiError(400, f"Cannot cancel {job.name} in state {job.state}.", "FAILED_PRECONDITION")
+            # INFERRED: the contract does not give Vertex's text for this; code and status are google.rpc's
+            # FAILED_PRECONDITION (the operation is refused in the resource's current state).
+            raise ApiError(400, f"The BatchPredictionJob is already in a terminal state: {job.state}.",
+                           "FAILED_PRECONDITION")
         if job.state != "JOB_STATE_CANCELLING":
             job.cancel_at = self.clock()
             job.processed = self._progress(job, job.cancel_at) if job.started is not None else 0
@@ -511,6 +676,17 @@ class VertexEmulator:
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[int, Any]:
         """Route one request; returns (HTTP status, JSON body) or (0, None) to drop the connection."""
+        call, status, body = self._dispatch(method, raw_path, headers, raw_body)
+        return status, body
+
+    def _dispatch(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[Call, int, Any]:
+        call, (status, body) = self._route(method, raw_path, headers, raw_body)
+        call.status_code = status
+        if status == 200 and isinstance(body, dict) and call.op in ("create", "get"):
+            call.state = body.get("state")
+        return call, status, body
+
+    def _route(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[Call, tuple[int, Any]]:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
         try:
@@ -528,34 +704,39 @@ class VertexEmulator:
                 ("DELETE", True, False): "delete",
             }.get((method, m["id"] is not None, m["cancel"] is not None))
         with self._lock:
-            self.calls.append(Call(method, parts.path, query, body, dict(headers), op))
-            try:
-                if op is None:
-                    raise ApiError(404, f"No route for {method} {parts.path}.")
-                if not headers.get("authorization", "").startswith("Bearer ") and "x-goog-api-key" not in headers:
-                    raise ApiError(401, "Request is missing required authentication credential.")
-                fault = self.faults.take(op)
-                if fault is not None:
-                    return (0, None) if fault == "drop" else _error(int(fault), f"Injected fault on {op}.")
-                p, l = m["p"], m["l"]
-                if op == "create":
-                    job, result = self._create(p, l, body)
-                    after = self.faults.take("create_after_commit")
-                    if after is None and self.faults.create_timeout_after_commit:
-                        self.faults.create_timeout_after_commit, after = False, "drop"
-                    if after is not None:
-                        return (0, None) if after == "drop" else _error(int(after), "Injected fault after commit.")
-                    return 200, result
-                if op == "list":
-                    return 200, self._list(p, l, query)
-                job = self._lookup(p, l, m["id"])
-                if op == "get":
-                    return 200, self._to_json(job)
-                if op == "cancel":
-                    return 200, self._cancel(job)
-                return 200, self._delete(job)
-            except ApiError as exc:
-                return _error(exc.code, exc.message, exc.status)
+            call = Call(method, parts.path, query, body, dict(headers), op)
+            self.calls.append(call)
+            return call, self._answer_call(call, m, headers, query, body)
+
+    def _answer_call(self, call: Call, m: re.Match | None, headers: dict[str, str], query: dict, body: Any) -> tuple[int, Any]:
+        op = call.op
+        try:
+            if op is None or m is None:
+                raise ApiError(404, f"No route for {call.method} {call.path}.")
+            if not headers.get("authorization", "").startswith("Bearer ") and "x-goog-api-key" not in headers:
+                raise ApiError(401, "Request is missing required authentication credential.")
+            fault = self.faults.take(op)
+            if fault is not None:
+                return (0, None) if fault == "drop" else _error(int(fault), f"Injected fault on {op}.")
+            p, l = m["p"], m["l"]
+            if op == "create":
+                _job, result = self._create(p, l, body)
+                after = self.faults.take("create_after_commit")
+                if after is None and self.faults.create_timeout_after_commit:
+                    self.faults.create_timeout_after_commit, after = False, "drop"
+                if after is not None:
+                    return (0, None) if after == "drop" else _error(int(after), "Injected fault after commit.")
+                return 200, result
+            if op == "list":
+                return 200, self._list(p, l, query)
+            job = self._lookup(p, l, m["id"])
+            if op == "get":
+                return 200, self._to_json(job)
+            if op == "cancel":
+                return 200, self._cancel(job)
+            return 200, self._delete(job)
+        except ApiError as exc:
+            return _error(exc.code, exc.message, exc.status)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -566,16 +747,20 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, body = self.emu.handle(self.command, self.path, headers, raw)
+        call, status, body = self.emu._dispatch(self.command, self.path, headers, raw)
+        self.emu._run_hooks(call)  # outside the lock: a hook may block while the client is killed
         if status == 0:  # drop: no answer at all, as after a timeout or a reset
             self.close_connection = True
             return
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client died while its answer was held
+            self.close_connection = True
 
     do_GET = do_POST = do_DELETE = do_PATCH = _serve
 
@@ -599,23 +784,14 @@ def make_client(base_url: str, project: str = PROJECT, location: str = LOCATION,
     )
 
 
-def _relation(warehouse: Warehouse, uri: str) -> Relation:
-    _project, dataset, table = uri.removeprefix("bq://").split(".")
-    return warehouse.relation(table, dataset)
+def _row_at(job: Job, i: int, total: int) -> float:
+    """When row `i` of `total` is processed: rows finish evenly over the running time."""
+    return job.started + job.running_seconds * (i + 1) / max(total, 1)
 
 
 def _error(code: int, message: str, status: str | None = None) -> tuple[int, dict]:
-    from batchflow.batch.providers.base import rpc_status
-
-    return code, {"error": {"code": code, "message": message, "status": status or rpc_status(code)}}
-
-
-def _head(batches: list[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        if rows <= 0:
-            return
-        yield batch.slice(0, rows) if batch.num_rows > rows else batch
-        rows -= batch.num_rows
+    """A google.rpc error body."""
+    return code, {"error": {"code": code, "message": message, "status": status or _RPC_STATUS.get(code, "UNKNOWN")}}
 
 
 def _parse_filter(text: str) -> list[Callable[[Job], bool]]:
@@ -645,55 +821,13 @@ def _parse_filter(text: str) -> list[Callable[[Job], bool]]:
     return terms
 
 
-def _answer(
-    provider: Provider, model: str, batch: pa.RecordBatch, in_schema: pa.Schema, out_schema: pa.Schema, stamp: str
-) -> tuple[pa.RecordBatch, list[bool]]:
-    """One input batch → its output batch (Vertex's columns) and per-row success flags.
-    The same row rules as `batchflow.batch.local` (which exposes no function for them)."""
-    texts = batch.column(batch.schema.get_field_index("request")).to_pylist()
-    responses: list[str | None] = [None] * len(texts)
-    statuses = [""] * len(texts)
-    requests, positions = [], []
-    for i, text in enumerate(texts):
-        try:
-            request = json.loads(text) if text is not None else None
-        except ValueError as exc:
-            statuses[i] = error_status(400, f"Invalid JSON payload received. {exc}", "INVALID_ARGUMENT")
-            continue
-        if not isinstance(request, dict):
-            statuses[i] = error_status(400, "Invalid JSON payload received. Request is not a JSON object.")
-            continue
-        requests.append(request)
-        positions.append(i)
-    results: list[ProviderResult] = provider.generate(model, requests) if requests else []
-    for i, result in zip(positions, results):
-        if result.status:
-            statuses[i] = result.status
-        else:
-            responses[i] = result.response_text()
-    processed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    columns = [batch.column(batch.schema.get_field_index(f.name)).cast(f.type) for f in in_schema]
-    out = pa.RecordBatch.from_arrays(
-        columns
-        + [
-            pa.array(responses, pa.string()),
-            pa.array(statuses, pa.string()),
-            pa.array([processed] * len(texts), pa.timestamp("us", tz="UTC")),
-        ],
-        schema=out_schema,
-    )
-    return out, [s == "" for s in statuses]
-
-
 @pytest.fixture
 def vertex_emulator(tmp_path) -> Iterator[VertexEmulator]:
-    """A started emulator over a DuckDB warehouse at `tmp_path` (dataset `ds`); short job durations."""
-    from batchflow.warehouse.duckdb import DuckDBWarehouse
-
-    warehouse = DuckDBWarehouse(tmp_path / "vertex.duckdb", schema="ds")
-    emu = VertexEmulator(warehouse, pending_seconds=0.2, running_seconds=0.2).start()
+    """A started emulator over a DuckDB file at `tmp_path` (dataset `ds` exists); short job durations."""
+    tables = DuckDBTables(tmp_path / "vertex.duckdb")
+    tables.ensure_dataset(PROJECT, "ds")
+    emu = VertexEmulator(tables, pending_seconds=0.2, running_seconds=0.2).start()
     try:
         yield emu
     finally:
         emu.stop()
-        warehouse.close()
