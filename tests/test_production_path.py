@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,19 +178,18 @@ def test_no_wait_submits_and_a_later_run_lands(prod: Prod) -> None:
 
 def test_kill_while_waiting_then_rerun_creates_one_job(prod: Prod) -> None:
     prod.vertex.running_seconds = 6.0
+    poll = prod.vertex.hold(op="get")  # the runner's first poll of its job is held: kill it right there
     exe = Path(sys.executable).with_name("batchflow")
     proc = subprocess.Popen([str(exe), "build", "--target", "emu", "--project-dir", str(prod.cli.project)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     try:
-        deadline = time.monotonic() + 180
-        while not prod.vertex.jobs and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert prod.vertex.jobs, "the runner never created a job"
-        time.sleep(1.0)  # the runner is now polling the job
-        assert proc.poll() is None
+        assert poll.reached.wait(180), "the runner never polled a job"
+        assert proc.poll() is None and len(prod.vertex.jobs) == 1
+        assert poll.calls[0].state in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
+        poll.release()
         if proc.poll() is None:
             proc.kill()
     result = prod.cli("build", "--target", "emu")

@@ -363,3 +363,23 @@ def test_state_hook_fires_after_the_job_ended_and_before_the_client_knows(vertex
     thread.join(30)
     assert box["result"].state.value == "JOB_STATE_SUCCEEDED"
     assert states == ["JOB_STATE_PENDING", "JOB_STATE_SUCCEEDED"]
+
+
+def test_storage_over_an_open_duckdb_connection(tmp_path):
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "shared.duckdb"))  # e.g. the connection a test already holds
+    con.execute("create schema ds; create table ds.inp as select 1 as id, "
+                "json_object('contents', json_array(json_object('role', 'user', "
+                "'parts', json_array(json_object('text', 'hi'))))) as request")
+    emu = VertexEmulator(con).start()
+    try:
+        clock = emu.use_manual_clock()
+        sdk = emu.client()
+        create(emu, sdk)
+        clock.advance(1)
+        assert con.execute("select id, status, json_extract_string(response, '$.candidates[0].finishReason') "
+                           "from ds.out").fetchall() == [(1, "", "STOP")]
+    finally:
+        emu.stop()
+        con.close()
