@@ -18,7 +18,10 @@ table (`bq://p.d.t`) and answers each `request` (gemini.py); when it ends it wri
 (contract §2.2: input columns, then `response` JSON, `status` STRING, `processed_time` TIMESTAMP).
 
 Construction: `VertexEmulator(tables, ...)` where `tables` is a `DuckDBTables` / `BigQueryTables`
-(tables.py), a DuckDB file path, a DuckDB connection or a `google.cloud.bigquery.Client`.
+(tables.py), a DuckDB file path, a DuckDB connection or a `google.cloud.bigquery.Client`. The server is
+threaded and runs in the test process, so batchflow may run in-process or in a subprocess pointed at
+`url`; with a subprocess, store tables in BigQuery (the BigQuery emulator): another process holding a
+DuckDB file locks it.
 
 Test knobs (Python API on the emulator object):
 - `emu.row_rules = [{"when_prompt_contains": "lyrics", "outcome": "recitation", "limit": 1}, ...]`:
