@@ -848,16 +848,28 @@ def _check_config(model: ModelFile, config: dict[str, Any], checker: SettingsChe
     checker = checker or SettingsChecker()
     fields = settings_spec()["model_config"]["fields"]
     materialized = config.get("materialized", "view")
-    for key, value in config.items():
-        line = _config_line(model.raw_sql, str(key))
-        try:
-            checker.section("model_config", {key: value}, model.path, line)
-        except ConfigError as exc:
-            raise ConfigError(exc.message, model.path, line) from None
-        applies = (fields.get(str(key)) or {}).get("applies_to")
-        if applies and materialized not in applies and line is not None and _written_in_config(model.raw_sql, key):
+    memo = repr(config)  # models of one folder share a config: check each distinct one once
+    quiet: SettingsChecker | None = None
+    if memo not in _CONFIGS_OK:
+        try:  # the whole config at once (most are fine); a key's line is looked up only when needed
+            quiet = SettingsChecker()
+            quiet.section("model_config", config, model.path, None, required=False)
+        except ConfigError:
+            quiet = None
+        if quiet is not None and not quiet.warnings and len(_CONFIGS_OK) < 10_000:
+            _CONFIGS_OK.add(memo)
+    if memo not in _CONFIGS_OK:
+        for key, value in config.items():
+            line = _config_line(model.raw_sql, str(key))
+            try:
+                checker.section("model_config", {key: value}, model.path, line)
+            except ConfigError as exc:
+                raise ConfigError(exc.message, model.path, line) from None
+    for key in config:
+        applies = fields[key].get("applies_to") if key in fields else None
+        if applies and materialized not in applies and _written_in_config(model.raw_sql, key):
             checker.warn(f"`{key}` has no effect on a {materialized} model (it applies to {', '.join(applies)})",
-                         str(model.path), line, str(key))
+                         str(model.path), _config_line(model.raw_sql, str(key)), str(key))
     if materialized == "batch":
         merged = {k: v for k, v in (batch_defaults or {}).items() if k in fields}
         merged.update(config)
@@ -868,6 +880,7 @@ def _check_config(model: ModelFile, config: dict[str, Any], checker: SettingsChe
 
 
 _CONFIG_CALL = re.compile(r"\bconfig\s*\(")
+_CONFIGS_OK: set[str] = set()  # repr() of model configs that passed every check without a warning
 
 
 def _written_in_config(raw_sql: str, key: Any) -> bool:
