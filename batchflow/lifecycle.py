@@ -23,14 +23,13 @@ from batchflow.interrupt import NEVER, Interrupt
 from batchflow.ledger import Ledger, LedgerEntry
 from batchflow.relation import Relation
 from batchflow.requests import check_columns
+from batchflow.settings import BLOCK_REASONS, VERTEX_MAX_ROWS_PER_JOB, BatchSettings  # noqa: F401  (re-exported)
 from batchflow.warehouse.base import Warehouse
 
-VERTEX_MAX_ROWS_PER_JOB = 200_000
 #: columns batchflow adds to a batch model's relation (and Vertex's output columns): refused as input
 #: column names in any letter case
 BOOKKEEPING_COLUMNS = ("request_hash", "job_name", "model_name", "attempt")
 OUTPUT_COLUMNS = ("response", "status", "processed_time")
-BLOCK_REASONS = ("RECITATION", "SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "MAX_TOKENS", "OTHER")
 RETRYABLE_STATUS = S.RETRYABLE_STATUS
 MAX_REPORTED_INVALID = 20
 MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
@@ -48,62 +47,6 @@ def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> floa
 
 ProgressFn = Callable[[str, int, int, int], None]  # (state, done, failed, total)
 MacroFn = Callable[..., str]
-
-
-@dataclass
-class BatchSettings:
-    """A batch model's configuration (project `batch:` defaults, then the model's config)."""
-
-    model: str
-    key: list[str]
-    max_rows_per_job: int = 100_000
-    max_concurrent_jobs: int = 4
-    max_attempts: int = 3
-    invalid_rows: str = "fail"  # or "skip"
-    retry_on: list[str] = field(default_factory=list)  # finish/block reasons worth resending, e.g. RECITATION
-    fallback_model: str | None = None  # where rows blocked for a `retry_on` reason are resent
-    max_requests: int | None = None
-    max_estimated_cost: float | None = None
-    output_tokens: int = DEFAULT_OUTPUT_TOKENS  # estimate when a request sets no maxOutputTokens
-    poll_interval: float | None = None
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], path: str) -> "BatchSettings":
-        """Read and check the merged configuration of a batch model."""
-        key = config.get("key") or []
-        key = [key] if isinstance(key, str) else list(key)
-        retry_on = config.get("retry_on") or []
-        retry_on = [retry_on] if isinstance(retry_on, str) else [str(r).upper() for r in retry_on]
-        try:
-            settings = cls(
-                model=str(config["model"]),
-                key=key,
-                max_rows_per_job=int(config.get("max_rows_per_job", 100_000)),
-                max_concurrent_jobs=int(config.get("max_concurrent_jobs", 4)),
-                max_attempts=int(config.get("max_attempts", 3)),
-                invalid_rows=str(config.get("invalid_rows", "fail")),
-                retry_on=retry_on,
-                fallback_model=config.get("fallback_model"),
-                max_requests=int(config["max_requests"]) if config.get("max_requests") is not None else None,
-                max_estimated_cost=float(config["max_estimated_cost"])
-                if config.get("max_estimated_cost") is not None else None,
-                output_tokens=int(config.get("estimated_output_tokens", DEFAULT_OUTPUT_TOKENS)),
-                poll_interval=float(config["poll_interval"]) if "poll_interval" in config else None,
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad batch config: {exc}", path) from None
-        if not 1 <= settings.max_rows_per_job <= VERTEX_MAX_ROWS_PER_JOB:
-            raise ConfigError(
-                f"max_rows_per_job must be between 1 and {VERTEX_MAX_ROWS_PER_JOB:,} (Vertex's limit)", path
-            )
-        if settings.max_concurrent_jobs < 1 or settings.max_attempts < 1:
-            raise ConfigError("max_concurrent_jobs and max_attempts must be at least 1", path)
-        if settings.invalid_rows not in ("fail", "skip"):
-            raise ConfigError("invalid_rows must be 'fail' or 'skip'", path)
-        unknown = [r for r in settings.retry_on if r not in BLOCK_REASONS]
-        if unknown:
-            raise ConfigError(f"retry_on accepts {', '.join(BLOCK_REASONS)}; got {', '.join(unknown)}", path)
-        return settings
 
 
 @dataclass

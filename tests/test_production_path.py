@@ -209,14 +209,38 @@ def test_transient_api_errors_on_create_and_get(prod: Prod) -> None:
     assert prod.query(f"SELECT COUNT(*) FROM {prod.table('review_labels')}")[0][0] == STAGED_REVIEWS
 
 
-def test_failed_job_fails_the_model_and_keeps_nothing_half_done(prod: Prod) -> None:
+def test_a_failed_job_is_resent_in_the_same_run_and_leaves_nothing_behind(prod: Prod) -> None:
+    prod.vertex.next_job_outcome = "FAILED"
+    result = prod.cli("build", "--target", "emu")
+    assert result.exit_code == 0, result.output
+    report = next(r for r in prod.cli.run_results()["results"] if r["name"] == "review_requests")["batch"]
+    assert any("ended FAILED" in w for w in report["warnings"]), report["warnings"]
+    assert [j["state"] for j in report["jobs"]] == ["FAILED", "SUCCEEDED"]
+    states = prod.query(f"SELECT state, job_state FROM {prod.table('_batchflow_jobs')} ORDER BY created_at")
+    assert states == [("CLOSED", "FAILED"), ("LANDED", "SUCCEEDED")]
+    assert len(prod.vertex.jobs) == 2
+    left = [t.table_id for t in prod.wh.client.list_tables(f"{prod.wh.project}.{prod.dataset}")
+            if "__in_" in t.table_id or "__out_" in t.table_id or t.table_id.endswith("__todo")]
+    assert left == []
+    # A rerun sends nothing.
+    assert prod.cli("build", "--target", "emu").exit_code == 0
+    assert len(prod.vertex.jobs) == 2
+
+
+def test_a_job_that_fails_its_last_attempt_fails_the_model(prod: Prod) -> None:
+    import yaml
+
+    path = prod.cli.project / "batchflow_project.yml"
+    project = yaml.safe_load(path.read_text())
+    project["batch"]["max_attempts"] = 1
+    path.write_text(yaml.safe_dump(project))
     prod.vertex.next_job_outcome = "FAILED"
     result = prod.cli("build", "--target", "emu")
     assert result.exit_code == 1
-    assert "FAILED" in result.output
-    assert prod.query(f"SELECT state FROM {prod.table('_batchflow_jobs')}") == [("FAILED",)]
-    # The next run sends the rows again and completes.
-    assert prod.cli("build", "--target", "emu").exit_code == 0
+    assert "FAILED" in result.output and "have no answer" in result.output
+    assert prod.query(f"SELECT state, job_state FROM {prod.table('_batchflow_jobs')}") == [("CLOSED", "FAILED")]
+    # The rows are recorded as missing (one attempt used); --retry-failed or raising max_attempts resends them.
+    assert prod.cli("retry", "--target", "emu").exit_code == 0
     assert len(prod.vertex.jobs) == 2
 
 
