@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from batchflow import __version__
-from batchflow.errors import BatchflowError, ConfigError
+from batchflow.errors import BatchflowError, ConfigError, ExecutionError
 
 if TYPE_CHECKING:
     import typer
@@ -91,8 +91,20 @@ def _parse_vars(text: Optional[str]) -> dict[str, Any]:
     return value
 
 
+def _print_warnings(warnings: list[Any], log_format: str = "text") -> None:
+    """Configuration warnings (dbt keys batchflow ignores, unused config paths): printed by every command
+    that loads the project, on stderr (a JSON event on stdout with --log-format json)."""
+    for warning in warnings:
+        if log_format == "json":
+            print(json.dumps({"event": "warning", "message": getattr(warning, "message", str(warning)),
+                              "path": getattr(warning, "path", None), "line": getattr(warning, "line", None)}))
+        else:
+            sys.stderr.write(f"warning: {warning}\n")
+    sys.stderr.flush()
+
+
 def _session(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str],
-             vars_text: Optional[str]) -> Session:
+             vars_text: Optional[str], log_format: str = "text") -> Session:
     from batchflow.compiler import Compiler
     from batchflow.project import load_profile, load_project
 
@@ -104,7 +116,9 @@ def _session(project_dir: Path, profiles_dir: Optional[Path], target: Optional[s
         project = load_project(project_dir.resolve(), _parse_vars(vars_text))
         tgt = load_profile(project, profiles_dir, target)
         compiler = Compiler(project, tgt)
-        return Session(project, tgt, compiler, compiler.compile())
+        session = Session(project, tgt, compiler, compiler.compile())
+        _print_warnings(session.manifest.warnings, log_format)
+        return session
     finally:
         gc.set_threshold(*thresholds)
 
@@ -273,7 +287,7 @@ def _execute_run(command: str, project_dir: Path, profiles_dir: Optional[Path], 
     from batchflow.runner import RunOptions, Runner
 
     started = time.perf_counter()
-    session = _session(project_dir, profiles_dir, target, vars_text)
+    session = _session(project_dir, profiles_dir, target, vars_text, log_format)
     write_compiled(session.manifest)
     write_manifest(session.manifest, command)
     selected = _select(session, select, exclude, resource_types)
@@ -336,7 +350,7 @@ def _test(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str]
     from batchflow.artifacts import write_run_results
 
     started = time.perf_counter()
-    session = _session(project_dir, profiles_dir, target, vars_text)
+    session = _session(project_dir, profiles_dir, target, vars_text, log_format)
     selected = _select(session, select, exclude, ("model", "seed", "source"))
     warehouse = open_warehouse(session.target, session.project)
     try:
@@ -395,7 +409,7 @@ def _compile(project_dir: Path, profiles_dir: Optional[Path], target: Optional[s
              exclude: Optional[list[str]], vars_text: Optional[str], log_format: str, validate: bool) -> None:
     from batchflow.artifacts import write_compiled, write_manifest
 
-    session = _session(project_dir, profiles_dir, target, vars_text)
+    session = _session(project_dir, profiles_dir, target, vars_text, log_format)
     write_compiled(session.manifest)
     write_manifest(session.manifest, "compile")
     selected = _select(session, select, exclude, ("model",))
@@ -431,7 +445,9 @@ def _list_nodes(project_dir: Path = Path("."), profiles_dir: Optional[Path] = No
 
 
 def _debug(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str]) -> None:
-    from batchflow.adapters import open_warehouse
+    """Load the project and profile, then construct the warehouse, the batch backend and its provider
+    and make one real call to each, reporting what answered."""
+    from batchflow.adapters import open_backend, open_warehouse
     from batchflow.project import load_profile, load_project
 
     console = _console()
@@ -439,15 +455,21 @@ def _debug(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str
     console.print(f"[green]OK[/] project {project.name!r} at {project.root} "
                   f"({len(project.models)} models, {len(project.seeds)} seeds, {len(project.sources)} sources)")
     tgt = load_profile(project, profiles_dir, target)
+    _print_warnings([*project.warnings, *tgt.warnings])
     console.print(f"[green]OK[/] profile {tgt.profile!r}, target {tgt.name!r} ({tgt.type}, schema {tgt.schema})")
     warehouse = open_warehouse(tgt, project)
     try:
         warehouse.query_arrow("SELECT 1 AS ok")
         console.print(f"[green]OK[/] connection to {warehouse.name}")
+        backend = open_backend(tgt, warehouse)
+        try:
+            backend.list({"batchflow_debug": "1"})  # one real call: credentials, endpoint, permissions
+        except BatchflowError as exc:
+            raise ExecutionError(f"batch backend {backend.name} ({backend.describe()}) did not answer: "
+                                 f"{exc.message}") from None
+        console.print(f"[green]OK[/] batch backend {backend.name}: {backend.describe()}")
     finally:
         warehouse.close()
-    backend = tgt.batch.get("backend", "local" if tgt.type == "duckdb" else "vertex")
-    console.print(f"[green]OK[/] batch backend {backend!r} ({tgt.batch.get('provider', 'vertex')})")
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -461,6 +483,7 @@ def _ledger_session(project_dir: Path, profiles_dir: Optional[Path],
 
     project = load_project(project_dir.resolve())
     tgt = load_profile(project, profiles_dir, target)
+    _print_warnings([*project.warnings, *tgt.warnings])
     warehouse = open_warehouse(tgt, project)
     return tgt, warehouse, Ledger(warehouse)
 

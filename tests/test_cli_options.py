@@ -3,6 +3,7 @@ selectors after one flag work as in dbt (`-s a b`)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -49,3 +50,32 @@ def test_threads_must_be_positive(cli: CLI, threads: str) -> None:
     result = cli("run", "--threads", threads)
     assert result.exit_code == 2 and "--threads" in result.output
     assert not (cli.project / "target" / "run_results.json").exists()
+
+
+def _add_dbt_key(project: Path) -> int:
+    """Add a dbt key batchflow does not act on; returns its line."""
+    path = project / "batchflow_project.yml"
+    lines = path.read_text().splitlines()
+    lines.insert(2, "test-paths: [tests]")
+    path.write_text("\n".join(lines) + "\n")
+    return 3
+
+
+def test_configuration_warnings_are_printed_by_every_command(example_project: Path) -> None:
+    line = _add_dbt_key(example_project)
+    where = f"batchflow_project.yml:{line}: `test-paths`"
+    for args in (["ls"], ["compile"], ["jobs", "list"], ["debug"]):
+        done = subprocess.run([sys.executable, "-m", "batchflow.cli", *args, "--project-dir", str(example_project)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (args, done.stderr)
+        assert where in done.stderr and done.stderr.count("`test-paths`") == 1, (args, done.stderr)
+        assert "test-paths" not in done.stdout  # stdout stays the command's own output (ls | xargs ...)
+
+
+def test_configuration_warnings_are_json_events_with_log_format_json(cli: CLI) -> None:
+    _add_dbt_key(cli.project)
+    result = cli("compile", "--log-format", "json")
+    assert result.exit_code == 0
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    warning = next(e for e in events if e["event"] == "warning")
+    assert warning["line"] == 3 and warning["path"].endswith("batchflow_project.yml") and "test-paths" in warning["message"]

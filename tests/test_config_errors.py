@@ -6,7 +6,6 @@ the warehouse opens, so they are fast); the rest go through the loader and compi
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys

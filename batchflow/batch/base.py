@@ -70,3 +70,6 @@ class BatchBackend(Protocol):
 
     def list(self, labels: dict[str, str] | None = None) -> list[JobStatus]:
         """Jobs carrying all of `labels` (all jobs when None)."""
+
+    def describe(self) -> str:
+        """One line on what the backend talks to (`batchflow debug`)."""

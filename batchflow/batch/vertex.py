@@ -175,6 +175,11 @@ class VertexBackend:
                 return  # Vertex refuses to cancel a finished job
             raise
 
+    def describe(self) -> str:
+        """Project, region and endpoint of the jobs."""
+        base = self._http_options.base_url if self._http_options and self._http_options.base_url else "Vertex AI"
+        return f"project {self.project}, location {self.location}, {base}"
+
     def list(self, labels: dict[str, str] | None = None) -> list[JobStatus]:
         """Jobs of `project`/`location` carrying all `labels` (server-side filter, every page).
 
