@@ -719,14 +719,18 @@ class Compiler:
         return manifest
 
     def _check_batch_key(self, node: Node) -> None:
-        """A batch model's `key` must name columns of its SELECT (known once the SQL is compiled)."""
+        """A batch model's columns, once the SQL is compiled: a `request` column, no reserved names (in
+        any letter case), and a `key` naming columns of its SELECT. A SELECT * is checked by the run."""
+        from batchflow.requests import reserved_column_problems
+
         key = node.config.get("key")
         keys = [key] if isinstance(key, str) else list(key or [])
-        if not keys:
-            return
         columns = self.cache.output_columns(node.compiled_sql, node.path, node.raw_sql)
         if columns is None:  # SELECT *: the columns are known only to the warehouse
             return
+        problems = reserved_column_problems(columns)
+        if problems:
+            raise ConfigError("; ".join(problems) + "; nothing was run", node.path)
         folded = {c.lower() for c in columns}  # BigQuery column names are case-insensitive
         for name in keys:
             if str(name).lower() not in folded:

@@ -22,14 +22,10 @@ from batchflow.faultpoints import checkpoint
 from batchflow.interrupt import NEVER, Interrupt
 from batchflow.ledger import Ledger, LedgerEntry
 from batchflow.relation import Relation
-from batchflow.requests import check_columns
+from batchflow.requests import BOOKKEEPING_COLUMNS, RESERVED_COLUMNS, check_columns, reserved_column_problems  # noqa: F401
 from batchflow.settings import BLOCK_REASONS, VERTEX_MAX_ROWS_PER_JOB, BatchSettings  # noqa: F401  (re-exported)
 from batchflow.warehouse.base import Warehouse
 
-#: columns batchflow adds to a batch model's relation (and Vertex's output columns): refused as input
-#: column names in any letter case
-BOOKKEEPING_COLUMNS = ("request_hash", "job_name", "model_name", "attempt")
-OUTPUT_COLUMNS = ("response", "status", "processed_time")
 RETRYABLE_STATUS = S.RETRYABLE_STATUS
 MAX_REPORTED_INVALID = 20
 MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
@@ -227,15 +223,9 @@ class BatchLifecycle:
 
     def _check_columns(self, columns: list) -> None:
         names = {c.name.lower() for c in columns}
-        if "request" not in names:
-            raise RequestValidationError(
-                "a batch model's SELECT must return a JSON `request` column (build it with "
-                "{{ gemini_request(...) }} ... as request); nothing was submitted", self.node.path)
-        problems = check_columns(columns)
-        clash = [c.name for c in columns if c.name.lower() in BOOKKEEPING_COLUMNS]
-        if clash:
-            problems.append(f"column(s) {', '.join(clash)} use names reserved for batchflow's bookkeeping "
-                            f"({', '.join(BOOKKEEPING_COLUMNS)}, in any letter case); rename them")
+        problems = reserved_column_problems([c.name for c in columns])
+        if "request" in names:  # the type rules (request JSON/STRING, no ARRAY passthrough, ...)
+            problems += [p for p in check_columns(columns) if "reserved for the batch output" not in p]
         if problems:
             raise RequestValidationError("; ".join(problems) + "; nothing was submitted", self.node.path)
         missing_key = [k for k in self.settings.key if k.lower() not in names]

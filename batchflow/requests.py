@@ -25,6 +25,27 @@ if TYPE_CHECKING:  # only for the annotation; keeps this module free of warehous
 #: Column names Vertex writes into the output table; an input column may not use them.
 RESERVED_COLUMNS = ("response", "status", "processed_time")
 
+#: Columns batchflow adds to a batch model's relation; an input column may not use them either.
+BOOKKEEPING_COLUMNS = ("request_hash", "job_name", "model_name", "attempt")
+
+
+def reserved_column_problems(names: list[str]) -> list[str]:
+    """Problems with a batch model's column names: no `request`, or a reserved name in any letter case
+    (BigQuery compares column names case-insensitively)."""
+    problems = []
+    if "request" not in {n.lower() for n in names}:
+        problems.append("a batch model's SELECT must return a JSON `request` column (build it with "
+                        "{{ gemini_request(...) }} ... as request)")
+    vertex = [n for n in names if n.lower() in RESERVED_COLUMNS]
+    if vertex:
+        problems.append(f"column(s) {', '.join(vertex)} use names reserved for the columns Vertex writes "
+                        f"({', '.join(RESERVED_COLUMNS)}, in any letter case); rename them")
+    ours = [n for n in names if n.lower() in BOOKKEEPING_COLUMNS]
+    if ours:
+        problems.append(f"column(s) {', '.join(ours)} use names reserved for batchflow's bookkeeping "
+                        f"({', '.join(BOOKKEEPING_COLUMNS)}, in any letter case); rename them")
+    return problems
+
 #: BigQuery types Vertex refuses for passthrough (non-`request`) input columns.
 FORBIDDEN_TYPE_PREFIXES = ("ARRAY", "STRUCT", "RANGE", "DATETIME", "GEOGRAPHY")
 

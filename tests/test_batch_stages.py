@@ -184,14 +184,27 @@ def _ledger_rows(cli: CLI) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("column", ["REQUEST_HASH", "Request_Hash", "ATTEMPT", "Job_Name", "model_name", "Status"])
-def test_reserved_column_names_are_refused_in_any_case_before_anything_is_sent(cli: CLI, column: str) -> None:
+def test_reserved_column_names_are_refused_in_any_case_before_anything_runs(cli: CLI, column: str) -> None:
     write(cli.project, "models/requests/review_requests.sql",
           "{{ config(materialized='batch', model='gemini-2.5-flash', key='review_id') }}\n"
           f"select review_id, body as {column}, {{{{ gemini_request(prompt='body') }}}} as request\n"
           "from {{ ref('stg_reviews') }}\n")
     result = cli("build", "-s", "+review_requests")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # found at compile time: nothing ran
     assert column in result.output and "reserved" in result.output
+    assert not (cli.project / "target" / "batchflow.duckdb").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("column", ["ATTEMPT", "Processed_Time"])
+def test_reserved_names_behind_a_star_are_refused_before_anything_is_sent(cli: CLI, column: str) -> None:
+    write(cli.project, "models/requests/review_requests.sql",
+          "{{ config(materialized='batch', model='gemini-2.5-flash', key='review_id') }}\n"
+          "select s.*, {{ gemini_request(prompt='body') }} as request\n"
+          f"from (select review_id, body, body as {column} from {{{{ ref('stg_reviews') }}}}) s\n")
+    result = cli("build", "-s", "+review_requests")
+    assert result.exit_code == 1
+    assert column in result.output and ("reserved" in result.output or "Vertex writes" in result.output)
     assert _ledger_rows(cli) == 0
 
 
@@ -201,7 +214,7 @@ def test_a_batch_model_without_a_request_column_gets_the_documented_message(cli:
           "{{ config(materialized='batch', model='gemini-2.5-flash', key='review_id') }}\n"
           "select review_id, body from {{ ref('stg_reviews') }}\n")
     result = cli("build", "-s", "+review_requests")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "must return a JSON `request` column" in result.output and "Binder" not in result.output
 
 
