@@ -80,6 +80,21 @@ class Warehouse(Protocol):
         """Create `relation` (it must not exist) from Arrow batches; `json_columns` hold JSON text
         and become JSON-typed columns. Returns the row count."""
 
+    def create_table_from_schema(self, relation: Relation, schema: pa.Schema, json_columns: Iterable[str] = ()) -> None:
+        """Create `relation` (it must not exist) empty, with the columns `write_arrow` would give
+        `schema` (`json_columns` JSON-typed): a table that rows are then committed into by
+        `append_arrow`, so it exists, and holds what was committed, whatever happens to the writer."""
+
+    def append_arrow(
+        self,
+        relation: Relation,
+        batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
+        json_columns: Iterable[str] = (),
+    ) -> int:
+        """Append Arrow rows to an existing table (made by `create_table_from_schema` with the same
+        schema; columns matched by name, `json_columns` hold JSON text) in one commit of its own:
+        after a crash the table holds all of these rows or none. Returns the rows appended."""
+
     def load_csv(self, relation: Relation, path: Path) -> int:
         """Replace `relation` with the rows of a CSV file (seeds, local samples of sources)."""
 

@@ -285,8 +285,57 @@ class BigQueryWarehouse:
     ) -> int:
         if self.kind(relation) is not None:
             raise ExecutionError(f"{relation} already exists")
-        json_set = set(json_columns)
         # Load jobs cannot make JSON columns from Parquet strings: stage, then CTAS with PARSE_JSON.
+        staging = self._stage_arrow(relation, batches, schema)
+        try:
+            select = _json_select(schema, json_columns)
+            self._query(f"CREATE TABLE {relation.render()} AS SELECT {select} FROM {staging.render()}")
+        finally:
+            self.drop(staging)
+        return self._count(relation)
+
+    def create_table_from_schema(self, relation: Relation, schema: pa.Schema, json_columns: Iterable[str] = ()) -> None:
+        if self.kind(relation) is not None:
+            raise ExecutionError(f"{relation} already exists")
+        # The same staging + CTAS as write_arrow over no rows: exactly the column types it would give.
+        staging = self._stage_arrow(relation, (), schema)
+        try:
+            select = _json_select(schema, json_columns)
+            self._query(f"CREATE TABLE {relation.render()} AS SELECT {select} FROM {staging.render()}")
+        finally:
+            self.drop(staging)
+
+    def append_arrow(
+        self,
+        relation: Relation,
+        batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
+        json_columns: Iterable[str] = (),
+    ) -> int:
+        if isinstance(batches, pa.RecordBatch):
+            listed = [batches]
+        elif isinstance(batches, pa.Table):
+            listed = batches.to_batches()
+        else:
+            listed = list(batches)
+        listed = [b for b in listed if b.num_rows]
+        if not listed:
+            return 0
+        schema = listed[0].schema
+        # A load job cannot append JSON from Parquet strings either: stage, then one INSERT (a DML
+        # statement is atomic: the table gets all of these rows or none).
+        staging = self._stage_arrow(relation, listed, schema)
+        try:
+            columns = ", ".join(_quote(f.name) for f in schema)
+            select = _json_select(schema, json_columns)
+            job = self._query(f"INSERT INTO {relation.render()} ({columns}) SELECT {select} FROM {staging.render()}")
+        finally:
+            self.drop(staging)
+        affected = job.num_dml_affected_rows
+        return sum(b.num_rows for b in listed) if affected is None else int(affected)
+
+    def _stage_arrow(self, relation: Relation, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Relation:
+        """Load Arrow batches into a fresh staging table next to `relation` (a Parquet load job);
+        the caller drops it."""
         staging = relation.with_identifier(f"{relation.identifier}__bf_stage_{uuid.uuid4().hex[:8]}")
         with tempfile.TemporaryDirectory(prefix="bf-bq-") as tmp:
             path = Path(tmp) / "rows.parquet"
@@ -302,17 +351,7 @@ class BigQueryWarehouse:
             options.enable_list_inference = True  # lists load as REPEATED, not as a `list.element` record
             config.parquet_options = options
             self._load(path, staging, config)
-        try:
-            select = ", ".join(
-                f"PARSE_JSON({_quote(f.name)}, wide_number_mode => 'round') AS {_quote(f.name)}"
-                if f.name in json_set
-                else _quote(f.name)
-                for f in schema
-            )
-            self._query(f"CREATE TABLE {relation.render()} AS SELECT {select} FROM {staging.render()}")
-        finally:
-            self.drop(staging)
-        return self._count(relation)
+        return staging
 
     def load_csv(self, relation: Relation, path: Path) -> int:
         if self.kind(relation) == "view":
@@ -437,6 +476,17 @@ class BigQueryWarehouse:
         if table is not None and table.num_rows is not None:
             return int(table.num_rows)
         return int(self.query_arrow(f"SELECT COUNT(*) AS n FROM {relation.render()}").column("n")[0].as_py())
+
+
+def _json_select(schema: pa.Schema, json_columns: Iterable[str]) -> str:
+    """The select list reading a staged table: `json_columns` parsed from their text to JSON."""
+    json_set = set(json_columns)
+    return ", ".join(
+        f"PARSE_JSON({_quote(f.name)}, wide_number_mode => 'round') AS {_quote(f.name)}"
+        if f.name in json_set
+        else _quote(f.name)
+        for f in schema
+    )
 
 
 def _parsed_json(request_sql: str) -> str:

@@ -318,6 +318,45 @@ class DuckDBWarehouse:
         if self.kind(relation) is not None:
             raise ExecutionError(f"{relation} already exists")
         reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
+        self._from_arrow(reader, schema, json_columns, f"CREATE TABLE {_render(relation)} AS SELECT {{select}}")
+        return self._count(relation)
+
+    def create_table_from_schema(self, relation: Relation, schema: pa.Schema, json_columns: Iterable[str] = ()) -> None:
+        if self.kind(relation) is not None:
+            raise ExecutionError(f"{relation} already exists")
+        # CREATE TABLE AS over no rows: exactly the column types write_arrow gives the same schema.
+        empty = pa.Table.from_batches([], schema)
+        self._from_arrow(empty, schema, json_columns, f"CREATE TABLE {_render(relation)} AS SELECT {{select}}")
+
+    def append_arrow(
+        self,
+        relation: Relation,
+        batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
+        json_columns: Iterable[str] = (),
+    ) -> int:
+        if isinstance(batches, pa.RecordBatch):
+            table = pa.Table.from_batches([batches])
+        elif isinstance(batches, pa.Table):
+            table = batches
+        else:
+            listed = list(batches)
+            if not listed:
+                return 0
+            table = pa.Table.from_batches(listed)
+        if table.num_rows == 0:
+            return 0
+        listed_columns = ", ".join(_quote(f.name) for f in table.schema)
+        # One autocommitted statement: its own transaction, so a crash keeps all of these rows or none.
+        result = self._from_arrow(
+            table, table.schema, json_columns, f"INSERT INTO {_render(relation)} ({listed_columns}) SELECT {{select}}"
+        )
+        return int(result[0][0]) if result else table.num_rows
+
+    def _from_arrow(
+        self, data: pa.Table | pa.RecordBatchReader, schema: pa.Schema, json_columns: Iterable[str], statement: str
+    ) -> list[tuple]:
+        """Run `statement` (``... SELECT {select}``) over Arrow `data` registered on this thread's cursor;
+        `{select}` becomes the column list with `json_columns` cast from text to JSON."""
         json_set = set(json_columns)
         select = ", ".join(
             f"CAST({_quote(f.name)} AS JSON) AS {_quote(f.name)}" if f.name in json_set else _quote(f.name)
@@ -325,12 +364,11 @@ class DuckDBWarehouse:
         )
         cur = self._cursor()
         view = f"__bf_arrow_{threading.get_ident()}"
-        cur.register(view, reader)
+        cur.register(view, data)
         try:
-            self._run(f"CREATE TABLE {_render(relation)} AS SELECT {select} FROM {_quote(view)}")
+            return self._run(statement.format(select=f"{select} FROM {_quote(view)}"))
         finally:
             cur.unregister(view)
-        return self._count(relation)
 
     def load_csv(self, relation: Relation, path: Path) -> int:
         # Comma-separated, as dbt reads seeds: left to guess, DuckDB reads a ragged file as one column.
