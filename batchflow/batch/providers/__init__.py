@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from batchflow.batch.providers.base import Provider, ProviderResult, error_status, row_error
+from batchflow.batch.providers.base import BaseProvider, Provider, ProviderResult, error_status, row_error
 from batchflow.errors import ConfigError
 
-__all__ = ["PROVIDERS", "Provider", "ProviderResult", "error_status", "make_provider", "row_error"]
+__all__ = ["PROVIDERS", "BaseProvider", "Provider", "ProviderResult", "error_status", "make_provider", "row_error"]
 
 
 def _mock(options: dict) -> Provider:

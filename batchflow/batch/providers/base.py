@@ -63,25 +63,49 @@ class ProviderResult:
 class Provider(Protocol):
     """Answers batches of requests. Never raises for one bad row: it returns a row error instead.
 
-    Two optional extras the local executor looks for (duck-typed, so a provider needs neither):
+    Everything the local executor uses is declared here (`BaseProvider` gives the defaults); it
+    probes for nothing:
 
+    - ``cpu_bound``: answers cost CPU only (no network, no shared state across calls). The executor
+      then answers on one thread (more add no CPU under the GIL, only switching) and, where CPUs are
+      to spare, answers big jobs in worker processes, each holding a pickled copy of the provider.
+      Only declare it True when a copy answers exactly as the original.
     - ``generate_json(model, texts, hashes=None) -> (responses, statuses)``: the same answers as
       `generate`, but from the `request` column's JSON text (None for NULL) to columns:
       ``responses[i]`` the response as compact JSON text (None for a failed row), ``statuses[i]`` its
       status ("" on success). Rows that are not JSON objects get `parse_request`'s 400 status. The
       executor passes `hashes` (each row's ``request_hash(request, model)``, or None) when the input's
-      `request_hash` column was computed for this model; a provider may ignore it. The mock has it: parsing, answering
-      and dropping each row in turn keeps a million-row job from building a chunk of request dicts.
-    - ``cpu_bound = True``: answers cost CPU only (no network, no shared state across calls). The
-      executor then answers on one thread (more add no CPU under the GIL, only switching) and, where
-      CPUs are to spare, answers big jobs in worker processes, each holding a pickled copy of the
-      provider. Only declare it when a copy answers exactly as the original.
+      `request_hash` column was computed for this model; a provider may ignore it. `BaseProvider`'s
+      parses each text and calls `generate`; the mock has its own: parsing, answering and dropping
+      each row in turn keeps a million-row job from building a chunk of request dicts.
     """
 
     name: str
+    cpu_bound: bool
 
     def generate(self, model: str, requests: list[dict]) -> list[ProviderResult]:
         """One result per request, in the same order."""
+
+    def generate_json(
+        self, model: str, texts: Sequence[str | bytes | None], hashes: Sequence[str | None] | None = None
+    ) -> tuple[list, list[str]]:
+        """`generate` over request texts, as columns (see above)."""
+
+
+class BaseProvider:
+    """The defaults of `Provider` for a provider to inherit: not CPU-bound (threads answer it, never
+    worker processes), and `generate_json` through `generate`."""
+
+    name: str = "provider"
+    cpu_bound: bool = False
+
+    def generate(self, model: str, requests: list[dict]) -> list[ProviderResult]:
+        raise NotImplementedError
+
+    def generate_json(
+        self, model: str, texts: Sequence[str | bytes | None], hashes: Sequence[str | None] | None = None
+    ) -> tuple[list, list[str]]:
+        return generate_json(self, model, texts)  # the module function: `hashes` is only a shortcut
 
 
 #: google.rpc canonical codes for the HTTP statuses Vertex maps them to.

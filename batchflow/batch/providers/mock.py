@@ -45,6 +45,7 @@ import orjson
 
 from batchflow.batch.providers.base import (
     NOT_AN_OBJECT,
+    BaseProvider,
     ProviderResult,
     _dumps,
     error_status,
@@ -175,7 +176,7 @@ def model_version(model: str) -> str:
     return f"{name}-001"
 
 
-class MockProvider:
+class MockProvider(BaseProvider):
     """Deterministic Gemini stand-in; see the module docstring."""
 
     name = "mock"

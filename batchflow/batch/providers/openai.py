@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from batchflow.batch.providers.base import ProviderResult, as_list, error_status, get2, row_error
+from batchflow.batch.providers.base import BaseProvider, ProviderResult, as_list, error_status, get2, row_error
 from batchflow.errors import ConfigError
 
 _FINISH = {
@@ -64,10 +64,12 @@ class _HTTPFailure(Exception):
         self.retryable = retryable
 
 
-class OpenAIProvider:
+class OpenAIProvider(BaseProvider):
     """Gemini requests in, Gemini responses out, via `POST {base_url}/chat/completions`."""
 
     name = "openai"
+    #: answers wait on the network: threads (never worker processes, which would copy its connections)
+    cpu_bound = False
 
     def __init__(self, config: dict | None = None):
         config = dict(config or {})
