@@ -8,14 +8,17 @@ import threading
 import time
 from datetime import timezone
 
+import pyarrow as pa
 import pytest
 
 from batchflow.batch.base import BatchBackend, JobSpec, JobState
 from batchflow.batch.local import NAME_PREFIX, LocalBackend
+from batchflow.batch.providers.base import BaseProvider
 from batchflow.batch.providers.mock import MockProvider
 from batchflow.errors import ExecutionError
 from batchflow.requests import request_hash
 from batchflow.warehouse.duckdb import DuckDBWarehouse
+from tests.emulators.bigquery import bigquery_emulator, bq_dataset  # noqa: F401
 
 MODEL = "gemini-2.5-flash"
 
@@ -168,7 +171,7 @@ def test_unknown_job_name(wh):
         backend.cancel("projects/x/locations/y/batchPredictionJobs/1")
 
 
-class GatedProvider:
+class GatedProvider(BaseProvider):
     """Answers like the mock, but each chunk waits for the test to open the gate."""
 
     name = "gated"
@@ -234,7 +237,7 @@ def test_empty_input_gives_an_empty_output_table(wh):
     assert [c.name for c in wh.columns(wh.relation("out"))][-3:] == ["response", "status", "processed_time"]
 
 
-class BrokenProvider:
+class BrokenProvider(BaseProvider):
     name = "broken"
 
     def generate(self, model, requests):
@@ -292,7 +295,7 @@ def test_large_job_streams_with_bounded_memory(wh):
 # -- worker processes (CPU-bound providers) ------------------------------------------------------
 
 
-class ExplodingProvider:
+class ExplodingProvider(BaseProvider):
     """A CPU-bound provider whose `generate` raises (in the worker process)."""
 
     name = "exploding"
@@ -302,7 +305,7 @@ class ExplodingProvider:
         raise RuntimeError("worker exploded")
 
 
-class CrashingProvider:
+class CrashingProvider(BaseProvider):
     """Answers like the mock, but a request mentioning `crash` kills the worker process."""
 
     name = "crashing"
@@ -460,3 +463,211 @@ def test_workers_that_cannot_start_leave_the_job_on_threads(wh):
     status = wait(backend, backend.submit(spec(wh)).name)
     assert status.state is JobState.SUCCEEDED and status.successful == 20
     assert backend.processes == 0 and backend._processes is None
+
+
+# -- answers persisted as they go: chunked commits, kill -9, cancel; declared capabilities ---------
+
+
+OUTPUT_COLUMNS = [("id", "INT64"), ("note", "STRING"), ("request_hash", "STRING"), ("request", "JSON"),
+                  ("response", "JSON"), ("status", "STRING"), ("processed_time", "TIMESTAMP")]
+
+
+def test_output_table_exists_as_soon_as_submit_returns(wh):
+    make_input(wh, "inp", 30)
+    provider = GatedProvider()  # nothing is answered until the gate opens
+    backend = LocalBackend(wh, provider, concurrency=1, chunk_size=10)
+    name = backend.submit(spec(wh)).name
+    assert wh.kind(wh.relation("out")) == "table"
+    assert [(c.name, c.type) for c in wh.columns(wh.relation("out"))] == OUTPUT_COLUMNS
+    assert rows(wh, "out") == []
+    provider.gate.release(100)
+    assert wait(backend, name).state is JobState.SUCCEEDED
+    assert len(rows(wh, "out")) == 30
+
+
+def test_each_answered_chunk_is_committed_before_the_job_ends(wh):
+    """With a provider slower than the commit interval, a chunk is in the table while the next one
+    is still being answered (the job's thread is alive, blocked on the gate)."""
+    make_input(wh, "inp", 40)
+    provider = GatedProvider()
+    backend = LocalBackend(wh, provider, concurrency=1, chunk_size=10)
+    name = backend.submit(spec(wh)).name
+    provider.gate.release(1)
+    deadline = time.monotonic() + 60
+    while len(rows(wh, "out")) < 10:  # committed, read through another cursor
+        assert time.monotonic() < deadline, "the first chunk was never committed"
+        time.sleep(0.02)
+    assert backend.get(name).state is JobState.RUNNING and provider.calls <= 2
+    assert [r["id"] for r in rows(wh, "out")] == list(range(1, 11))
+    provider.gate.release(100)
+    assert wait(backend, name).state is JobState.SUCCEEDED
+    assert [r["id"] for r in rows(wh, "out")] == list(range(1, 41))
+
+
+def test_kill_9_leaves_only_whole_committed_chunks(tmp_path):
+    """A real SIGKILL of a process running a local job: the output table holds the chunks committed
+    before it, every row a complete answer, and nothing else."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "killed.duckdb"
+    total, chunk = 20_000, 500
+    setup = DuckDBWarehouse(path)
+    make_input(setup, "inp", total)
+    input_hashes = {r["request_hash"] for r in setup.query_arrow("select request_hash from `main`.`inp`").to_pylist()}
+    setup.close()
+
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-m", "tests.local_kill_child", str(path), str(chunk), "12"],
+                             cwd=repo, stdout=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(60, child.kill)  # only against a hang: the test never waits on a clock
+    watchdog.start()
+    try:
+        lines = []
+        while sum(line.startswith("committed ") for line in lines) < 2:
+            line = child.stdout.readline()
+            assert line, f"the child ended before two commits: {lines}"
+            lines.append(line)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait() == -signal.SIGKILL
+    finally:
+        watchdog.cancel()
+        child.stdout.close()
+    assert lines[0].startswith("submitted ")
+
+    after = DuckDBWarehouse(path)
+    try:
+        assert after.kind(after.relation("out")) == "table"
+        assert [(c.name, c.type) for c in after.columns(after.relation("out"))] == OUTPUT_COLUMNS
+        out = rows(after, "out")
+    finally:
+        after.close()
+    committed = sum(int(line.split()[1]) for line in lines if line.startswith("committed "))
+    assert len(out) >= committed >= 2 * chunk  # at least what the child said it had committed ...
+    assert len(out) % chunk == 0 and len(out) <= 12 * chunk < total  # ... in whole chunks, never the hanging ones
+    assert [r["id"] for r in out] == list(range(1, len(out) + 1))  # in input order
+    for r in out:
+        assert (r["response"] is None) != (r["status"] == "")  # exactly one of response / status
+        assert r["status"] == "" and json.loads(r["response"])["candidates"]
+        assert r["processed_time"] is not None
+    assert {r["request_hash"] for r in out} <= input_hashes
+
+
+class FailingGatedProvider(GatedProvider):
+    """Gated, and every third request of a chunk is a row error."""
+
+    def generate(self, model, requests):
+        answers = super().generate(model, requests)
+        from batchflow.batch.providers.base import row_error
+
+        return [row_error(400, "nope") if i % 3 == 0 else a for i, a in enumerate(answers)]
+
+
+def test_cancel_keeps_every_answered_row_and_counts_match_the_table(wh):
+    make_input(wh, "inp", 200)
+    provider = FailingGatedProvider()
+    provider.cpu_bound = True  # one answering thread: the chunks in flight queue up behind the gate, in order
+    backend = LocalBackend(wh, provider, concurrency=3, chunk_size=10)
+    name = backend.submit(spec(wh)).name
+
+    def answered_at_least(n):
+        deadline = time.monotonic() + 60
+        while (lambda s: s.successful + s.failed)(backend.get(name)) < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    provider.gate.release(4)
+    answered_at_least(40)
+    backend.cancel(name)  # chunk 5 waits at the gate, 6 and 7 queue behind it
+    provider.gate.release(1)
+    answered_at_least(50)  # the job stops reading; what is in flight is still answered and kept
+    provider.gate.release(1000)
+    status = wait(backend, name)
+    assert status.state is JobState.CANCELLED
+    out = rows(wh, "out")
+    answered = provider.calls * 10  # every chunk handed to the provider was answered and kept
+    assert 50 <= len(out) == answered < 200
+    assert [r["id"] for r in out] == list(range(1, answered + 1))
+    assert status.successful == sum(r["status"] == "" for r in out)
+    assert status.failed == sum(r["status"] != "" for r in out) > 0
+    assert status.incomplete == 200 - len(out)
+
+
+def test_duckdb_create_table_from_schema_and_append_arrow(wh):
+    schema = pa.schema([("id", pa.int64()), ("request", pa.string()), ("status", pa.string()),
+                        ("processed_time", pa.timestamp("us", tz="UTC"))])
+    batch = pa.record_batch([pa.array([1, 2]), pa.array(['{"a": 1}', None]), pa.array(["", "x"]),
+                             pa.array([0, 1], pa.timestamp("us", tz="UTC"))], schema=schema)
+    wh.write_arrow(wh.relation("whole"), [batch], schema, json_columns=["request"])
+    wh.create_table_from_schema(wh.relation("parts"), schema, json_columns=["request"])
+    assert wh.columns(wh.relation("parts")) == wh.columns(wh.relation("whole"))  # the same types
+    assert wh.append_arrow(wh.relation("parts"), batch, json_columns=["request"]) == 2
+    assert wh.append_arrow(wh.relation("parts"), [batch, batch.slice(0, 1)], json_columns=["request"]) == 3
+    assert wh.append_arrow(wh.relation("parts"), [], json_columns=["request"]) == 0
+    got = wh.query_arrow("select id, json_value(request, '$.a') as a from `main`.`parts`").to_pylist()
+    assert got == [{"id": 1, "a": "1"}, {"id": 2, "a": None}] * 2 + [{"id": 1, "a": "1"}]
+    with pytest.raises(ExecutionError, match="already exists"):
+        wh.create_table_from_schema(wh.relation("parts"), schema)
+
+
+def test_capabilities_are_declared():
+    from batchflow.batch import providers
+    from batchflow.batch.providers.openai import OpenAIProvider
+    from batchflow.batch.vertex import VertexBackend
+
+    assert LocalBackend.jobs_outlive_process is False and VertexBackend.jobs_outlive_process is True
+    assert isinstance(LocalBackend.poll_interval, float) and isinstance(VertexBackend.poll_interval, float)
+    assert BatchBackend.__annotations__.keys() >= {"jobs_outlive_process", "poll_interval"}
+    for cls in (MockProvider, OpenAIProvider):  # every provider declares cpu_bound and generate_json
+        assert "cpu_bound" in vars(cls) and callable(cls.generate_json)
+    assert set(providers.PROVIDERS) == {"mock", "openai"}  # a new provider: add it above
+    assert MockProvider({}).cpu_bound is True and OpenAIProvider.cpu_bound is False
+    assert BaseProvider.cpu_bound is False
+
+
+def test_a_provider_without_the_declarations_is_refused(wh):
+    class Bare:
+        name = "bare"
+
+        def generate(self, model, requests):
+            return []
+
+    with pytest.raises(TypeError, match="cpu_bound, generate_json"):
+        LocalBackend(wh, Bare())
+
+
+@pytest.mark.emulator
+def test_local_job_commits_chunks_into_bigquery(bigquery_emulator, bq_dataset):  # noqa: F811
+    """The BigQuery adapter's create_table_from_schema / append_arrow, through a local job."""
+    from batchflow.warehouse.bigquery import BigQueryWarehouse
+
+    bq = BigQueryWarehouse(bigquery_emulator.project, bq_dataset, "us-central1", client=bigquery_emulator.client())
+    try:
+        bq.ensure_schema(bq_dataset)
+        inp, out = bq.relation("inp"), bq.relation("out")
+        bq.create_table_as(inp, "SELECT i AS id, TO_HEX(SHA256(CAST(i AS STRING))) AS request_hash, "
+                                "TO_JSON(STRUCT([STRUCT('user' AS role, [STRUCT(CONCAT('Review ', CAST(i AS STRING)) "
+                                "AS text)] AS parts)] AS contents)) AS request FROM UNNEST(GENERATE_ARRAY(1, 25)) AS i")
+        backend = LocalBackend(bq, MockProvider({"failures": [{"every": 4, "outcome": "row_error"}]}), chunk_size=10)
+        backend.COMMIT_ROWS = 1  # a commit per chunk: three appends
+        appended = []
+        real = bq.append_arrow
+        bq.append_arrow = lambda *a, **k: appended.append(real(*a, **k)) or appended[-1]
+        name = backend.submit(JobSpec(MODEL, inp, out, "bq job")).name
+        assert [c.name for c in bq.columns(out)][-3:] == ["response", "status", "processed_time"]
+        status = wait(backend, name)
+        assert status.state is JobState.SUCCEEDED and appended == [10, 10, 5]
+        assert {c.name: c.type for c in bq.columns(out)} == {
+            "id": "INT64", "request_hash": "STRING", "request": "JSON", "response": "JSON", "status": "STRING",
+            "processed_time": "TIMESTAMP"}
+        got = bq.query_arrow(f"SELECT id, status, JSON_VALUE(response, '$.candidates[0].finishReason') AS fr "
+                             f"FROM {out.render()} ORDER BY id").to_pylist()
+        assert [g["id"] for g in got] == list(range(1, 26))
+        assert all((g["status"] == "") == (g["fr"] == "STOP") for g in got)
+        assert status.failed == sum(g["status"] != "" for g in got) and status.successful + status.failed == 25
+        assert sorted(t.table_id for t in bigquery_emulator.client().list_tables(bq_dataset)) == ["inp", "out"]
+    finally:
+        bq.close()

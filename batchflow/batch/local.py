@@ -5,8 +5,8 @@ compatible endpoint, ...) and writes a fresh output table with exactly Vertex's 
 §2.2): every input column unchanged, then `response` (JSON, NULL for failed rows), `status` (STRING,
 "" on success, ``<HTTP reason>: <google.rpc error JSON>`` otherwise) and `processed_time` (TIMESTAMP,
 UTC). A chunk travels as its `request` column's text; the provider answers it as columns of text
-(`Provider.generate_json`, or `generate` on the parsed rows), never as per-row objects the executor
-re-encodes.
+(`Provider.generate_json`; `BaseProvider`'s calls `generate` on the parsed rows), never as per-row
+objects the executor re-encodes.
 
 Chunks are answered on a thread pool, which suits I/O-bound providers (an HTTP endpoint). Threads add
 no CPU to a CPU-bound provider (the mock: all Python, under the GIL): a provider declaring ``cpu_bound``
@@ -18,15 +18,21 @@ either way. Workers start with multiprocessing's forkserver (spawn where there i
 rule applies to scripts: guard the entry point with ``if __name__ == "__main__":`` (the CLI does), or
 pass ``processes=0``.
 
+Answers are persisted as they come, because a local provider may be a paid endpoint or hours of GPU
+time: `submit` creates the (empty) output table before it returns, and answered chunks are appended
+in input order, each commit its own transaction (`Warehouse.append_arrow`). A kill -9 of this process
+leaves the output table holding exactly the committed chunks, each row a complete answer; only the
+chunks in flight (and those buffered by the commit policy, see `COMMIT_ROWS`) are lost. A cancel
+stops after the chunks in flight and keeps every answered row.
+
 Jobs run on a background thread per job; `get` reports live counts. Memory stays bounded: at most
-`concurrency` chunks are in flight, plus the one the warehouse is writing. Jobs live in this process
-only (a new process sees no old jobs).
+`concurrency` chunks are in flight, plus those waiting for their commit. Jobs live in this process
+only (a new process sees no old jobs: `jobs_outlive_process` is False).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import multiprocessing
 import os
 import threading
@@ -42,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchflow.batch.base import JobNotFoundError, JobSpec, JobState, JobStatus
-from batchflow.batch.providers.base import Provider, error_status, generate_json, loads_request, parse_request
+from batchflow.batch.providers.base import Provider, error_status, loads_request, parse_request
 from batchflow.errors import ExecutionError
 from batchflow.warehouse.base import Warehouse
 
@@ -76,18 +82,101 @@ def _now_iso() -> str:
 class _Job:
     spec: JobSpec
     status: JobStatus
+    in_schema: pa.Schema | None = None  # the input's columns, as read when the job was submitted
+    json_columns: list[str] = dataclasses.field(default_factory=list)  # output columns typed JSON
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     total: int | None = None
     thread: threading.Thread | None = None
-    written: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # rows handed to the writer: ok, failed
+    committed: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # rows in the output table: ok, failed
+
+
+class _Commits:
+    """A job's committer: a thread appending the answered chunks to the output table in input order,
+    by `LocalBackend`'s commit policy, while the job's thread keeps the answerers busy (a commit that
+    blocked the job's thread would leave them idle: 1M mock rows took 2.5x as long)."""
+
+    def __init__(self, backend: LocalBackend, job: _Job):
+        self.backend = backend
+        self.job = job
+        self.cond = threading.Condition()
+        self.waiting: list[pa.RecordBatch] = []
+        self.counts = [0, 0]  # ok, failed rows waiting
+        self.closed = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"bf-local-commit-{job.status.name[-8:]}", daemon=True)
+        self.thread.start()
+
+    def add(self, batch: pa.RecordBatch, failed: int) -> None:
+        """Hand over the next chunk's output batch; blocks while COMMIT_ROWS rows already wait
+        (memory stays bounded when the warehouse is slower than the provider)."""
+        with self.cond:
+            while sum(self.counts) >= self.backend.COMMIT_ROWS and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            self.waiting.append(batch)
+            self.counts[0] += batch.num_rows - failed
+            self.counts[1] += failed
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        """Commit what waits and stop; raises the error a commit failed with, if any."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _loop(self) -> None:
+        policy = self.backend
+        last = time.monotonic() - policy.COMMIT_SECONDS  # the first answers are committed at once
+        while True:
+            with self.cond:
+                while True:
+                    rows = sum(self.counts)
+                    due = last + policy.COMMIT_SECONDS - time.monotonic()
+                    if self.waiting and (self.closed or rows >= policy.COMMIT_ROWS or due <= 0):
+                        break
+                    if self.closed:
+                        return
+                    self.cond.wait(due if self.waiting else None)
+                batches, (ok, failed) = self.waiting, self.counts
+                self.waiting, self.counts = [], [0, 0]
+                self.cond.notify_all()  # room for the job's thread
+            try:
+                self.backend.warehouse.append_arrow(self.job.spec.output, batches, self.job.json_columns)
+            except BaseException as exc:  # not retried: the job fails, its earlier commits stay
+                with self.cond:
+                    self.error = exc
+                    self.cond.notify_all()
+                return
+            with self.backend._lock:
+                self.job.committed[0] += ok
+                self.job.committed[1] += failed
+            last = time.monotonic()
 
 
 class LocalBackend:
     """`BatchBackend` running jobs in this process against `warehouse` with `provider`."""
 
     name = "local"
+    #: jobs run on this process's threads: they die with it, and a new process knows none of them
+    jobs_outlive_process = False
     #: in-process jobs: the lifecycle can poll often without cost
     poll_interval = 0.05
+
+    #: Commit policy: answered chunks are appended to the output table (`append_arrow`, one
+    #: transaction each time) by a committer thread, at most once per COMMIT_SECONDS unless
+    #: COMMIT_ROWS rows wait, each commit taking every chunk that waits. A slow provider (a chunk
+    #: per second or slower) so gets each chunk committed as soon as it is answered; a fast one gets
+    #: grouped commits. Measured on 1M mock rows (2 CPUs): a commit per 5,000-row chunk ran at 0.4x
+    #: the old single write, 50,000-row commits at 0.8x, and one per DuckDB row group (122,880 rows,
+    #: which DuckDB writes straight to the file instead of through its log) or per second at 1.0x.
+    #: A kill -9 loses the chunks in flight and what waits: at most ~COMMIT_SECONDS of answers or
+    #: COMMIT_ROWS rows (which also bounds the memory waiting answers take).
+    COMMIT_ROWS = 122_880
+    COMMIT_SECONDS = 1.0
 
     #: jobs smaller than this stay on threads even with worker processes allowed (start-up cost)
     PROCESS_MIN_ROWS = 50_000
@@ -112,6 +201,11 @@ class LocalBackend:
             raise ValueError("chunk_size must be >= 1")
         if processes < 0:
             raise ValueError("processes must be >= 0")
+        # The one check of the provider: afterwards its declared attributes are used as they are.
+        missing = [a for a in ("name", "cpu_bound", "generate", "generate_json") if not hasattr(provider, a)]
+        if missing:
+            raise TypeError(f"provider {type(provider).__name__} does not declare {', '.join(missing)} "
+                            "(see batchflow.batch.providers.base.Provider; BaseProvider has the defaults)")
         self.warehouse = warehouse
         self.provider = provider
         self.concurrency = concurrency
@@ -152,11 +246,35 @@ class LocalBackend:
             for other in self._jobs.values():
                 if other.spec.output == spec.output and not other.status.state.terminal:
                     raise ExecutionError(f"job {other.status.name} is already writing {spec.output}")
+        try:
+            job.in_schema, job.json_columns = self._input_shape(spec)
+        except Exception as exc:  # an input the job cannot read: the job fails (as on Vertex), no table
+            job.status.state = JobState.FAILED
+            job.status.error = f"{type(exc).__name__}: {exc}"
+        else:
+            # Before returning: the table exists as soon as the job does, and holds each commit.
+            out_schema = pa.schema(list(job.in_schema) + list(OUTPUT_FIELDS))
+            self.warehouse.create_table_from_schema(spec.output, out_schema, job.json_columns)
+        with self._lock:
             self._jobs[name] = job
             snapshot = dataclasses.replace(job.status, labels=dict(job.status.labels))
+        if job.status.state is JobState.FAILED:
+            return snapshot
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"bf-local-job-{name[-8:]}", daemon=True)
         job.thread.start()
         return snapshot
+
+    def _input_shape(self, spec: JobSpec) -> tuple[pa.Schema, list[str]]:
+        """The input's Arrow schema and the output's JSON columns (`request`, `response` and every
+        other JSON input column)."""
+        source = spec.input.render()
+        in_schema = pa.schema(list(self.warehouse.query_arrow(f"select * from {source} limit 0").schema))
+        if "request" not in in_schema.names:
+            raise ExecutionError(f"batch input relation {spec.input} has no `request` column")
+        json_columns = ["request", "response"] + [
+            c.name for c in self.warehouse.columns(spec.input) if c.type == "JSON" and c.name != "request"
+        ]
+        return in_schema, json_columns
 
     def get(self, name: str) -> JobStatus:
         job = self._job(name)
@@ -171,6 +289,11 @@ class LocalBackend:
             job.cancel.set()
             job.status.state = JobState.CANCELLING
             job.status.update_time = _now_iso()
+
+    def describe(self) -> str:
+        """The provider answering, and how jobs are run."""
+        return (f"provider {self.provider.name} ({type(self.provider).__name__}), {self.concurrency} chunk(s) of "
+                f"{self.chunk_size:,} rows in flight; jobs end with this process")
 
     def list(self, labels: dict[str, str] | None = None) -> list[JobStatus]:
         wanted = dict(labels or {})
@@ -216,57 +339,52 @@ class LocalBackend:
             with self._lock:
                 job.total = int(total)
                 job.status.incomplete = int(total)
-            json_columns = ["request", "response"] + [
-                c.name for c in self.warehouse.columns(spec.input) if c.type == "JSON" and c.name != "request"
-            ]
             batches = self.warehouse.iter_batches(f"select * from {source}", batch_size=self.chunk_size)
-            first = next(batches, None)
-            if first is None:
-                in_schema = self.warehouse.query_arrow(f"select * from {source} limit 0").schema
-                batches = iter(())
-            else:
-                in_schema = first.schema
-                batches = itertools.chain([first], batches)
-            in_schema = pa.schema(list(in_schema))  # drop engine metadata
-            if "request" not in in_schema.names:
-                raise ExecutionError(f"batch input relation {spec.input} has no `request` column")
-            out_schema = pa.schema(list(in_schema) + list(OUTPUT_FIELDS))
-            self.warehouse.write_arrow(
-                spec.output,
-                self._answered(job, batches, in_schema, out_schema),
-                out_schema,
-                json_columns=json_columns,
-            )
-        except Exception as exc:  # the job itself broke: FAILED with the reason
-            self._set(job, state=JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            commits = _Commits(self, job)
+            try:
+                self._answer_all(job, batches, commits)
+            finally:
+                commits.close()  # even when reading the input broke: what was answered is kept
+        except Exception as exc:  # the job itself broke: FAILED with the reason (committed rows stay)
+            self._settle(job, JobState.FAILED, f"{type(exc).__name__}: {exc}")
             return
+        self._settle(job, JobState.CANCELLED if job.cancel.is_set() else JobState.SUCCEEDED)
+
+    def _settle(self, job: _Job, state: JobState, error: str | None = None) -> None:
+        """The final status: counts are the rows in the output table (live counts may include
+        chunks answered but never committed)."""
         with self._lock:
-            # The rows in the output table: live counts may include chunks answered after a cancel.
-            job.status.successful, job.status.failed = job.written
+            job.status.successful, job.status.failed = job.committed
             done = job.status.successful + job.status.failed
             job.status.incomplete = max(0, (job.total or done) - done)
-            job.status.state = JobState.CANCELLED if job.cancel.is_set() else JobState.SUCCEEDED
+            job.status.state = state
+            if error is not None:
+                job.status.error = error
             job.status.update_time = _now_iso()
 
-    def _answered(
-        self, job: _Job, batches: Iterator[pa.RecordBatch], in_schema: pa.Schema, out_schema: pa.Schema
-    ) -> Iterator[pa.RecordBatch]:
-        """Output batches in input order, with at most `concurrency` chunks being answered at once:
-        on threads, or in worker processes for a big job of a CPU-bound provider."""
+    def _answer_all(self, job: _Job, batches: Iterator[pa.RecordBatch], commits: _Commits) -> None:
+        """Answer the chunks, at most `concurrency` at once (on threads, or in worker processes for a
+        big job of a CPU-bound provider), and hand their output batches to `commits` in input order.
+        Stops reading the input on cancel; the chunks in flight are still answered and handed over."""
         model = job.spec.model
+        in_schema = job.in_schema
+        out_schema = pa.schema(list(in_schema) + list(OUTPUT_FIELDS))
         # The input's request_hash is the digest the mock derives answers from: reuse it if it is this model's.
         reuse_hashes = job.spec.hash_model == model
         # Worker processes take a second or so to start: until one is up, chunks go to threads.
         ready = self._warm_processes() if self._use_processes(job) else None
         # A CPU-bound provider gains nothing from a second thread (the GIL), only switching costs:
         # one thread answers, the `concurrency` chunks in flight queue up for it.
-        workers = 1 if getattr(self.provider, "cpu_bound", False) else self.concurrency
+        workers = 1 if self.provider.cpu_bound else self.concurrency
         threads = ThreadPoolExecutor(workers, thread_name_prefix="bf-local-chunk")
         inflight: deque[tuple[pa.RecordBatch, Future, ProcessPoolExecutor | None]] = deque()
 
         def counted(future: Future) -> None:  # live counts, as soon as a chunk is answered
             if not future.cancelled() and future.exception() is None:
                 self._count(job, *future.result()[2])
+
+        def next_output() -> None:
+            commits.add(*self._output(job, *inflight.popleft(), in_schema, out_schema))
 
         try:
             for batch in batches:
@@ -282,9 +400,9 @@ class LocalBackend:
                 future.add_done_callback(counted)
                 inflight.append((batch, future, pool))
                 while len(inflight) >= self.concurrency or (inflight and inflight[0][1].done()):
-                    yield self._output(job, *inflight.popleft(), in_schema, out_schema)
+                    next_output()
             while inflight:
-                yield self._output(job, *inflight.popleft(), in_schema, out_schema)
+                next_output()
         finally:
             for _, future, _ in inflight:
                 future.cancel()
@@ -298,8 +416,9 @@ class LocalBackend:
         pool: ProcessPoolExecutor | None,
         in_schema: pa.Schema,
         out_schema: pa.Schema,
-    ) -> pa.RecordBatch:
-        """The chunk's output batch: its input columns unchanged, then Vertex's three columns."""
+    ) -> tuple[pa.RecordBatch, int]:
+        """The chunk's output batch (its input columns unchanged, then Vertex's three columns) and
+        its failed rows."""
         try:
             responses, statuses, (failed, n), now = future.result()
         except BrokenProcessPool as exc:  # a worker died (killed, out of memory): its chunks fail, not the job
@@ -311,14 +430,12 @@ class LocalBackend:
             statuses = pa.array([failure] * n, pa.string())
             now = datetime.now(timezone.utc)
             self._count(job, failed, n)
-        with self._lock:
-            job.written[0] += n - failed
-            job.written[1] += failed
         columns = [batch.column(batch.schema.get_field_index(f.name)) for f in in_schema]
         columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, in_schema)]
-        return pa.RecordBatch.from_arrays(
+        output = pa.RecordBatch.from_arrays(
             columns + [responses, statuses, pa.repeat(pa.scalar(now, _TIMESTAMP), n)], schema=out_schema
         )
+        return output, failed
 
     def _count(self, job: _Job, failed: int, total: int) -> None:
         with self._lock:
@@ -331,7 +448,7 @@ class LocalBackend:
     # -- worker processes ------------------------------------------------------------------------
     def _use_processes(self, job: _Job) -> bool:
         """Worker processes for a CPU-bound provider on a job big enough to repay their start-up."""
-        if not self.processes or not getattr(self.provider, "cpu_bound", False):
+        if not self.processes or not self.provider.cpu_bound:
             return False
         return (job.total or 0) >= self.process_min_rows
 
@@ -413,17 +530,13 @@ def answer_texts(provider: Provider, model: str, texts: list, hashes: list | Non
     Never raises: a provider exception fails its rows with a 500 status (rows that are not requests
     keep their 400), as internal errors do on Vertex."""
     try:
-        own = getattr(provider, "generate_json", None)
-        if own is not None:
-            responses, statuses = own(model, texts) if hashes is None else own(model, texts, hashes)
-            if len(responses) != len(texts) or len(statuses) != len(texts):
-                raise RuntimeError(f"returned {len(responses)} responses and {len(statuses)} statuses "
-                                   f"for {len(texts)} requests")
-        else:
-            responses, statuses = generate_json(provider, model, texts)
+        responses, statuses = provider.generate_json(model, texts, hashes)
+        if len(responses) != len(texts) or len(statuses) != len(texts):
+            raise RuntimeError(f"returned {len(responses)} responses and {len(statuses)} statuses "
+                               f"for {len(texts)} requests")
         return responses, statuses
     except Exception as exc:  # a provider bug: the rows fail, as internal errors do on Vertex
-        failure = error_status(500, f"provider {getattr(provider, 'name', '?')} failed: {type(exc).__name__}: {exc}")
+        failure = error_status(500, f"provider {provider.name} failed: {type(exc).__name__}: {exc}")
         return [None] * len(texts), [parse_request(t)[1] or failure for t in texts]
 
 
