@@ -70,6 +70,9 @@ class Warehouse(Protocol):
     def drop(self, relation: Relation) -> None:
         """Drop a table or view if it exists."""
 
+    def list_relations(self, schema: str, prefix: str) -> list[Relation]:
+        """Tables and views of `schema` whose name starts with `prefix` (batch scratch tables left over)."""
+
     def write_arrow(
         self,
         relation: Relation,

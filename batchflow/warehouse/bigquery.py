@@ -276,6 +276,16 @@ class BigQueryWarehouse:
         with _errors(f"drop {relation}"):
             self.client.delete_table(self._ref(relation), not_found_ok=True)
 
+    def list_relations(self, schema: str, prefix: str) -> list[Relation]:
+        from google.api_core.exceptions import NotFound
+
+        with _errors(f"list tables of {schema}"):
+            try:
+                tables = list(self.client.list_tables(f"{self.project}.{schema}"))
+            except NotFound:
+                return []
+        return [self.relation(t.table_id, schema) for t in tables if t.table_id.startswith(prefix)]
+
     def write_arrow(
         self,
         relation: Relation,

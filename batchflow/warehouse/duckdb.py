@@ -308,6 +308,12 @@ class DuckDBWarehouse:
         for stmt in self._drop_statement(relation, self.kind(relation)):
             self._run(stmt)
 
+    def list_relations(self, schema: str, prefix: str) -> list[Relation]:
+        rows = self._run(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND starts_with(table_name, ?) "
+            "ORDER BY table_name", [schema, prefix])
+        return [self.relation(name, schema) for (name,) in rows]
+
     def write_arrow(
         self,
         relation: Relation,
