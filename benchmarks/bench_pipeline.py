@@ -179,9 +179,10 @@ def timed(owner, name, label):
 
 from batchflow import lifecycle
 L = lifecycle.BatchLifecycle
-for name, label in [("build", "build"), ("validate", "validate"), ("ensure_responses_table", "diff"),
-                    ("collect_open_jobs", "diff"), ("diff", "diff"), ("submit_and_wait", "execute"),
-                    ("build_results", "results"), ("summarise", "results")]:
+# one method per plan stage (batchflow.batch_stages); shard, submit, wait and land are the execute stage
+for name, label in [("_build", "build"), ("_validate", "validate"), ("_collect", "diff"), ("_diff", "diff"),
+                    ("_estimate", "diff"), ("_shard", "execute"), ("_submit", "execute"), ("_wait", "execute"),
+                    ("_land", "execute"), ("_results", "results"), ("_report", "results")]:
     timed(L, name, label)
 from batchflow.warehouse import duckdb as wh
 timed(wh.DuckDBWarehouse, "load_csv", "load_sample")
