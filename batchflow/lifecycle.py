@@ -41,7 +41,20 @@ def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> floa
     return max(interval, min(delay * 1.5, MAX_POLL_DELAY, POLL_LAG * unchanged_for))
 
 
-ProgressFn = Callable[[str, int, int, int], None]  # (state, done, failed, total)
+@dataclass(frozen=True)
+class BatchProgress:
+    """One progress update of a batch model (the CLI's bar, JSON `batch_progress` events)."""
+
+    phase: str  # "waiting" (jobs answering) | "landing" (merging a job's output) | "building results"
+    state: str  # the live job states, comma-separated ("" outside waiting)
+    done: int  # rows answered or failed, over every job of this round
+    failed: int
+    total: int  # rows this round sends
+    running: int = 0  # jobs submitted and not ended
+    queued: int = 0  # shards not submitted yet (max_concurrent_jobs)
+
+
+ProgressFn = Callable[[BatchProgress], None]
 MacroFn = Callable[..., str]
 
 
@@ -83,6 +96,10 @@ class BatchReport:
         """Plain JSON-able form."""
         return dict(self.__dict__)
 
+
+
+class _NotCreated(Exception):
+    """A signal arrived between the ledger row and create(): the job was not created."""
 
 
 @dataclass
@@ -151,7 +168,7 @@ class BatchLifecycle:
         self.prices = prices or {}
         self.budget = budget or RunBudget({})
         self.flags = flags or RunFlags()
-        self.progress = progress or (lambda *a: None)
+        self.progress = progress or (lambda p: None)
         self.interrupt = interrupt or NEVER
         merged = {k: v for k, v in (defaults or {}).items() if k != "prices"}
         merged.update(node.config)
@@ -187,6 +204,12 @@ class BatchLifecycle:
                     continue
                 if self._evaluate(stage) is False:
                     skipping = True
+            if self._jobs:  # a signal between submit and wait: stop (or record) the jobs it left running
+                self.report.interrupted = True
+                self._wait(S.Wait(self.settings.poll_interval))
+        except BaseException:
+            self._abandon()
+            raise
         finally:
             self.wh.drop(self.plan_todo)
         self.report.pending = bool(self._in_flight)
@@ -364,6 +387,7 @@ class BatchLifecycle:
         delay = interval
         unchanged_since = time.monotonic()
         stopping = False
+        last_counts = (0, 0)
         while self._jobs or (self._shards and not adopted and not stopping):
             if not stopping and self.interrupt.is_set():
                 stopping = True
@@ -408,15 +432,20 @@ class BatchLifecycle:
                     self._top_up(self.settings.max_concurrent_jobs)
             finally:  # land what ended even when a submit failed
                 for job in ended:
+                    self.progress(BatchProgress("landing", "", finished_rows + job.entry.row_count,
+                                                sum(j.status.failed for j in self._jobs if j.status), total,
+                                                len(self._jobs), len(self._shards)))
                     checkpoint("before_land")
                     self._close(job, job.status.state.value)
                     finished_rows += job.entry.row_count
             done = finished_rows + sum(j.status.successful + j.status.failed for j in self._jobs if j.status)
             failed = sum(j.status.failed for j in self._jobs if j.status)
             state = ",".join(sorted({j.status.state.value for j in self._jobs if j.status})) or "DONE"
-            self.progress(state, done, failed, total)
+            self.progress(BatchProgress("waiting", state, done, failed, total, len(self._jobs), len(self._shards)))
+            moved = (done, failed) != last_counts  # rows answered count as change: keep polling at the interval
+            last_counts = (done, failed)
             if self._jobs:
-                if changed:
+                if changed or moved:
                     unchanged_since = time.monotonic()
                 delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since)
                 self.interrupt.wait(delay)
@@ -442,6 +471,7 @@ class BatchLifecycle:
         return None
 
     def _results(self, stage: S.Results) -> None:
+        self.progress(BatchProgress("building results", "", self.report.rows_total, 0, self.report.rows_total))
         checkpoint("before_results")
         self.wh.create_table_as(stage.relation, S.results_sql(stage.requests, stage.responses))
 
@@ -480,8 +510,37 @@ class BatchLifecycle:
         while self._shards and len(self._jobs) < limit and not self.interrupt.is_set():
             self._job_seq += 1
             job = self._cut(*self._shards.pop(0), index=self._job_seq)
-            self._create(job)
+            if self.interrupt.is_set():  # a signal while the shard was cut: record and submit nothing
+                self.wh.drop(job.input)
+                return
+            try:
+                self._create(job)
+            except _NotCreated:
+                return
             self._jobs.append(job)
+
+    def _abandon(self) -> None:
+        """The run is failing with jobs still running: jobs that end with this process are cancelled
+        and waited for (so nothing writes to the warehouse once the run returns); the next run lands
+        what they wrote. Jobs that outlive the process stay open in the ledger."""
+        if not self._jobs or self.backend.jobs_outlive_process:
+            return
+        for job in self._jobs:
+            try:
+                self.backend.cancel(job.entry.job_name)
+            except BatchflowError:
+                pass
+        deadline = time.monotonic() + 60.0
+        while self._jobs and time.monotonic() < deadline:
+            for job in list(self._jobs):
+                try:
+                    ended = self.backend.get(job.entry.job_name).state.terminal
+                except BatchflowError:
+                    ended = True
+                if ended:
+                    self._jobs.remove(job)
+            if self._jobs:
+                time.sleep(self.backend.poll_interval)
 
     def _cut(self, model: str, start: int, stop: int, index: int) -> _Job:
         """A shard's input table and ledger entry; each job of a run has its own key and tables."""
@@ -514,6 +573,10 @@ class BatchLifecycle:
         # run finds the job by its labels instead of creating a second, paid one.
         self.ledger.record(job.entry)
         checkpoint("after_ledger_record")
+        if self.interrupt.is_set():  # the signal came while the row was written: create nothing
+            self.ledger.update(job.entry.job_key, state=CLOSED, job_state="NOT_CREATED", missing_count=0)
+            self.wh.drop(job.input)
+            raise _NotCreated()
         spec = JobSpec(
             model=job.entry.gemini_model, input=job.input, output=job.output,
             display_name=f"batchflow-{job.entry.job_key}"[:128], labels=self._labels(job.entry),

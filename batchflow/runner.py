@@ -21,7 +21,8 @@ from batchflow.errors import BatchflowError
 from batchflow.interrupt import Interrupt
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
-from batchflow.lifecycle import BatchLifecycle, RunFlags
+from batchflow.lifecycle import BatchLifecycle, BatchProgress, RunFlags
+from batchflow.seeds import SeedState, content_hash, missing_relation_hint, upstream_seeds
 from batchflow.warehouse.base import Warehouse
 
 
@@ -56,8 +57,9 @@ class Reporter(Protocol):
     def node_finished(self, node: Node, result: NodeResult, index: int, total: int) -> None:
         """A node finished (success, error or skipped)."""
 
-    def batch_progress(self, node: Node, state: str, done: int, failed: int, total: int) -> None:
-        """A batch model's jobs moved: rows done and failed out of total rows sent."""
+    def batch_progress(self, node: Node, progress: BatchProgress) -> None:
+        """A batch model's jobs moved (rows done and failed out of the rows sent), or it entered
+        another phase (landing a job's output, building the results table)."""
 
 
 class SilentReporter:
@@ -69,7 +71,7 @@ class SilentReporter:
     def node_finished(self, node: Node, result: NodeResult, index: int, total: int) -> None:  # noqa: D102
         pass
 
-    def batch_progress(self, node: Node, state: str, done: int, failed: int, total: int) -> None:  # noqa: D102
+    def batch_progress(self, node: Node, progress: BatchProgress) -> None:  # noqa: D102
         pass
 
 
@@ -93,6 +95,12 @@ def load_source_samples(manifest: Manifest, warehouse: Warehouse, names: set[str
             continue
         warehouse.ensure_schema(node.relation.schema)
         warehouse.load_csv(node.relation, node.sample)
+
+
+def _hinted(manifest: Manifest, message: str) -> str:
+    """The message, with which node would create a relation it says does not exist."""
+    hint = missing_relation_hint(manifest, message)
+    return f"{message}\n{hint}" if hint else message
 
 
 def _now() -> str:
@@ -137,6 +145,12 @@ class Runner:
             load_source_samples(self.manifest, self.wh, needed)
         results: dict[str, NodeResult] = {}
         deps = {n: [d for d in self.manifest.nodes[n].depends_on if d in order] for n in order}
+        # A seed loaded in this run goes before every selected node that reads it, also through models
+        # that are not selected (`run -s mart` loads a changed seed the mart's upstream reads).
+        seeds_here = {n for n in order if self.manifest.nodes[n].resource_type == "seed"}
+        if seeds_here:
+            for n in order:
+                deps[n] += sorted((upstream_seeds(self.manifest, {n}) & seeds_here) - set(deps[n]) - {n})
         index = {n: i + 1 for i, n in enumerate(order)}
         running: dict[Future[NodeResult], str] = {}
         remaining = list(order)
@@ -163,7 +177,8 @@ class Runner:
                     running[pool.submit(self._execute, node)] = name
                 if not running:
                     continue
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                # A timeout, so the main thread wakes to run signal handlers promptly.
+                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     name = running.pop(future)
                     results[name] = future.result()
@@ -220,12 +235,12 @@ class Runner:
             result.rows = self._materialize(node, result)
         except BatchflowError as exc:
             result.status = "error"
-            result.message = exc.message
+            result.message = _hinted(self.manifest, exc.message)
             result.path = exc.path or node.path
             result.line = exc.line
         except Exception as exc:  # noqa: BLE001 - one model's bug must not kill the others
             result.status = "error"
-            result.message = f"{type(exc).__name__}: {exc}"
+            result.message = _hinted(self.manifest, f"{type(exc).__name__}: {exc}")
             traceback.print_exc()
         result.execution_time = round(time.perf_counter() - started, 3)
         result.completed_at = _now()
@@ -234,7 +249,11 @@ class Runner:
     def _materialize(self, node: Node, result: NodeResult) -> int | None:
         if node.resource_type == "seed":
             seed = self.manifest.project.seeds[node.name]
-            return self.wh.load_csv(node.relation, seed.abs_path)
+            digest = content_hash(seed.abs_path)  # before loading: a file changed meanwhile loads again next run
+            rows = self.wh.load_csv(node.relation, seed.abs_path)
+            with self._lock:
+                SeedState(self.wh).record(node.name, str(node.relation), digest)
+            return rows
         kind = node.materialized
         sql = node.compiled_sql.strip().rstrip(";")
         if kind == "ephemeral":
@@ -269,9 +288,7 @@ class Runner:
                 budget=self.budget,
                 flags=self.options.batch,
                 interrupt=self.options.interrupt,
-                progress=lambda state, done, failed, total: self.reporter.batch_progress(
-                    node, state, done, failed, total
-                ),
+                progress=lambda update: self.reporter.batch_progress(node, update),
             )
             try:
                 report = lifecycle.run()
