@@ -1,7 +1,10 @@
-"""The `batchflow` command line: argument parsing and output only.
+"""The `batchflow` command line: option declarations, printing and exit codes only.
 
-Every command is a thin shell over functions a test can call directly (load → compile → select →
-run → write artifacts). Exit codes: 0 success, 1 a model or test failed, 2 usage or configuration.
+Every command is a call into `batchflow.api`, which returns plain results; this module prints them.
+Exit codes: 0 success, 1 a model or test failed, 2 usage or configuration, 130/143 interrupted.
+
+Options are declared once, as plain data (`Opt`, `COMMANDS`): the typer app is generated from them,
+and so is the option table of the fast `batchflow ls` path, so the two cannot drift.
 
 Start-up matters (`batchflow ls` on a 2,000-model project should take well under half a second), so
 importing this module costs next to nothing: typer (which brings pydantic), rich, the project loader,
@@ -10,7 +13,7 @@ use them. The typer app (`app`) is built on first use; `main()` runs `batchflow 
 without it (see `_ls_arguments`), so listing imports only the loader, the compiler and the graph.
 """
 
-import gc
+import inspect
 import json
 import os
 import sys
@@ -18,30 +21,26 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 from batchflow import __version__
-from batchflow.errors import BatchflowError, ConfigError, ExecutionError
+from batchflow.errors import BatchflowError
 
 if TYPE_CHECKING:
     import typer
     from rich.console import Console
     from rich.progress import Progress
 
-    from batchflow.compiler import Compiler, Manifest, Node
-    from batchflow.ledger import Ledger, LedgerEntry
-    from batchflow.lifecycle import RunFlags
-    from batchflow.project import Project, Target
+    from batchflow.api import RunReport, RunStart
+    from batchflow.compiler import Node
+    from batchflow.lifecycle import BatchProgress
     from batchflow.runner import NodeResult
-
-# No `from __future__ import annotations` here: the typer commands are defined inside `_build_app`,
-# and typer resolves string annotations against the module's globals, where the option types defined
-# there are not. Names imported only for type checking are written as strings below.
 
 APP_HELP = "batchflow: dbt-style SQL projects for Gemini batch prediction (BigQuery in, BigQuery out)."
 LOG_FORMATS = ("text", "json")
 LS_OUTPUTS = ("name", "path", "json")
 JOBS_OUTPUTS = ("table", "json")
+SHOW_OUTPUTS = ("table", "json")
 RESOURCE_TYPES = ("model", "seed", "source")
 #: options that take several values after one flag, as dbt's do (`-s a b` is `-s a -s b`)
 MULTI_VALUE_OPTIONS = frozenset({"--select", "-s", "--exclude"})
@@ -67,28 +66,128 @@ def _err_console() -> "Console":
     return _consoles["err"]
 
 
-@dataclass
-class Session:
-    """A loaded and compiled project for one command."""
-
-    project: "Project"
-    target: "Target"
-    compiler: "Compiler"
-    manifest: "Manifest"
+# ---- option declarations ------------------------------------------------------------------------------
 
 
-def _parse_vars(text: Optional[str]) -> dict[str, Any]:
-    if not text:
-        return {}
-    import yaml
+@dataclass(frozen=True)
+class Opt:
+    """One command-line option (or positional argument), as plain data."""
 
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--vars is not valid YAML: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigError("--vars must be a mapping, e.g. --vars '{start_date: 2024-01-01}'")
-    return value
+    dest: str  # the keyword the command's function takes
+    flags: tuple[str, ...]  # empty for a positional argument
+    help: str
+    kind: str = "str"  # "str" | "path" | "int" | "bool" | "choice"
+    default: Any = None
+    multiple: bool = False  # repeatable; `-s a b` works too (expand_multi_values)
+    choices: tuple[str, ...] = ()
+    metavar: Optional[str] = None
+    min: Optional[int] = None
+    required: bool = False  # positional arguments only
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its name, help, options and the function of this module it calls."""
+
+    name: str
+    help: str
+    options: tuple[Opt, ...]
+    handler: str  # a function of this module, looked up when called (tests patch it)
+    group: Optional[str] = None  # a sub-app, e.g. "jobs"
+
+
+PROJECT_DIR = Opt("project_dir", ("--project-dir",), "Folder holding batchflow_project.yml.", "path", Path("."),
+                  metavar="DIR")
+PROFILES_DIR = Opt("profiles_dir", ("--profiles-dir",),
+                   "Folder holding profiles.yml (default: the project folder, then $BATCHFLOW_PROFILES_DIR).",
+                   "path", metavar="DIR")
+TARGET = Opt("target", ("--target", "-t"), "Target in profiles.yml (default: the profile's `target:`).",
+             metavar="NAME")
+SELECT = Opt("select", ("--select", "-s"),
+             "Nodes to include, in dbt selection syntax: name, +name, name+, tag:x, path:x, config.materialized:x. "
+             "Several after one flag.", multiple=True, metavar="SELECTOR")
+EXCLUDE = Opt("exclude", ("--exclude",), "Nodes to leave out, in dbt selection syntax. Several after one flag.",
+              multiple=True, metavar="SELECTOR")
+VARS = Opt("vars", ("--vars",), "Project vars as a YAML or JSON mapping, e.g. '{start_date: 2024-01-01}'.",
+           metavar="YAML")
+THREADS = Opt("threads", ("--threads",), "Models built at once (default: the target's `threads`).", "int",
+              min=1, metavar="N")
+FULL_REFRESH = Opt("full_refresh", ("--full-refresh",),
+                   "Rebuild incremental models from scratch; batch answers already paid for are kept.", "bool", False)
+LOG_FORMAT = Opt("log_format", ("--log-format",), "Output as text, or as one JSON event per line.", "choice",
+                 "text", choices=LOG_FORMATS)
+DRY_RUN = Opt("dry_run", ("--dry-run",), "Build and validate requests, count them and estimate the cost; "
+              "submit nothing.", "bool", False)
+NO_WAIT = Opt("no_wait", ("--no-wait",), "Submit batch jobs and exit; a later run lands their answers.", "bool",
+              False)
+RETRY_FAILED = Opt("retry_failed", ("--retry-failed",), "Send only the rows whose last answer failed.", "bool",
+                   False)
+RESUBMIT = Opt("resubmit_batches", ("--resubmit-batches",),
+               "With --full-refresh: send every request again, even answered ones (pays again).", "bool", False)
+CONNECTION = (PROJECT_DIR, PROFILES_DIR, TARGET)
+SELECTION = (SELECT, EXCLUDE, VARS)
+RUN_OPTIONS = (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT, DRY_RUN, NO_WAIT, RETRY_FAILED, RESUBMIT)
+JOB = Opt("job", (), "Job key or job name (see `batchflow jobs list`).", required=True, metavar="JOB")
+
+# In dbt's order: init, debug, (deps), seed, compile, ls, show, run, build, test, retry, docs, jobs.
+COMMANDS: tuple[Command, ...] = (
+    Command("init", "Write a starter project (source sample, staging, batch and flatten models, a yml test, "
+            "profiles.yml) that `batchflow build` runs offline.", (
+                Opt("directory", (), "Folder to create the project in.", "path", Path("."), metavar="DIR"),
+                Opt("name", ("--name",), "Project name (default: from the folder; asked on a terminal).",
+                    metavar="NAME"),
+                Opt("force", ("--force",), "Overwrite starter files that already exist.", "bool", False),
+                Opt("no_input", ("--no-input",), "Never prompt, even on a terminal.", "bool", False),
+            ), "_init"),
+    Command("debug", "Check the project, the profile, the warehouse connection and the batch backend.",
+            CONNECTION, "_debug"),
+    Command("seed", "Load the selected seed CSVs into tables (`run` and `build` also load missing or changed "
+            "seeds).", (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT), "_seed"),
+    Command("compile", "Render and parse every model; write target/compiled/ and target/manifest.json. Runs "
+            "nothing.", (*CONNECTION, *SELECTION, LOG_FORMAT,
+                         Opt("validate", ("--validate",), "Also dry-run each model in the warehouse.", "bool",
+                             False)), "_compile"),
+    Command("ls", "List the selected nodes in dependency order.", (
+        *CONNECTION, *SELECTION,
+        Opt("resource_type", ("--resource-type",), "Only nodes of this type.", "choice", choices=RESOURCE_TYPES),
+        Opt("output", ("--output",), "Names, paths or JSON lines.", "choice", "name", choices=LS_OUTPUTS),
+    ), "_list_nodes"),
+    Command("show", "Print rows of a model: a built one from its table, a batch model as prompt, answer, "
+            "outcome and tokens side by side, an unbuilt one by running its compiled SELECT.", (
+                *CONNECTION, Opt("select", ("--select", "-s"), "The model to show.", required=True,
+                                 metavar="MODEL"),
+                VARS, Opt("limit", ("--limit",), "Rows to show.", "int", 10, min=1, metavar="N"),
+                Opt("output", ("--output",), "A table or JSON lines.", "choice", "table", choices=SHOW_OUTPUTS),
+            ), "_show"),
+    Command("run", "Build the selected models in dependency order (seeds they read that are missing or "
+            "changed are loaded first). Batch models submit their requests and land the answers. Runs no tests.",
+            RUN_OPTIONS, "_run"),
+    Command("build", "Load the selected seeds, build the selected models in dependency order, then run the data "
+            "tests of what was built.", RUN_OPTIONS, "_build"),
+    Command("test", "Run the data tests (not_null, unique, accepted_values, relationships) of the selected nodes.",
+            (*CONNECTION, *SELECTION, LOG_FORMAT), "_test"),
+    Command("retry", "Resend only the failed rows of the selected batch models (same as `run --retry-failed`).",
+            (*CONNECTION, *SELECTION, THREADS, LOG_FORMAT, NO_WAIT), "_retry"),
+    Command("list", "Jobs of the ledger with their live state and completion counts.", (
+        *CONNECTION,
+        Opt("all_jobs", ("--all",), "Include landed, lost and failed jobs.", "bool", False),
+        Opt("model", ("--model",), "Only this batch model's jobs.", metavar="MODEL"),
+        Opt("output", ("--output",), "A table or JSON lines.", "choice", "table", choices=JOBS_OUTPUTS),
+    ), "_jobs_list", group="jobs"),
+    Command("show", "Everything the ledger and the backend know about one job, as JSON.", (JOB, *CONNECTION),
+            "_jobs_show", group="jobs"),
+    Command("cancel", "Cancel a running job; the rows it finished are landed by the next run.", (JOB, *CONNECTION),
+            "_jobs_cancel", group="jobs"),
+)
+GROUPS = {"jobs": "Batch jobs recorded in the ledger (_batchflow_jobs): list, show, cancel."}
+
+
+def command(name: str, group: Optional[str] = None) -> Command:
+    """The declaration of one command."""
+    return next(c for c in COMMANDS if c.name == name and c.group == group)
+
+
+# ---- shared printing -------------------------------------------------------------------------------------
 
 
 def _print_warnings(warnings: list[Any], log_format: str = "text") -> None:
@@ -103,30 +202,8 @@ def _print_warnings(warnings: list[Any], log_format: str = "text") -> None:
     sys.stderr.flush()
 
 
-def _session(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str],
-             vars_text: Optional[str], log_format: str = "text") -> Session:
-    from batchflow.compiler import Compiler
-    from batchflow.project import load_profile, load_project
-
-    # Loading and compiling create many objects that all live on and few cycles: with Python's default
-    # threshold (700) the collector rescans them a few hundred times, ~15% of a warm `ls`.
-    thresholds = gc.get_threshold()
-    gc.set_threshold(100_000, *thresholds[1:])
-    try:
-        project = load_project(project_dir.resolve(), _parse_vars(vars_text))
-        tgt = load_profile(project, profiles_dir, target)
-        compiler = Compiler(project, tgt)
-        session = Session(project, tgt, compiler, compiler.compile())
-        _print_warnings(session.manifest.warnings, log_format)
-        return session
-    finally:
-        gc.set_threshold(*thresholds)
-
-
-def _select(session: Session, select: Optional[list[str]], exclude: Optional[list[str]],
-            resource_types: tuple[str, ...] = ("model", "seed")) -> set[str]:
-    chosen = session.manifest.graph.select(select or None, exclude or None)
-    return {n for n in chosen if session.manifest.nodes[n].resource_type in resource_types}
+def _warnings_to(log_format: str) -> Callable[[list[Any]], None]:
+    return lambda warnings: _print_warnings(warnings, log_format)
 
 
 def _exit(code: int) -> NoReturn:
@@ -149,17 +226,51 @@ def _fail(exc: BatchflowError, log_format: str) -> NoReturn:
     _exit(_report(exc, log_format))
 
 
-class ConsoleReporter:
-    """Per-model progress lines, and a live bar per batch model (rows done / failed)."""
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}" if minutes else f"{seconds:.1f}s"
 
-    def __init__(self, log_format: str):
+
+class ConsoleReporter:
+    """The run header, per-model lines, a live bar per batch model and test results.
+
+    On a terminal the bar moves with every poll (rows done/failed over every job of the round, jobs
+    running and queued, elapsed, remaining) and names the phase after the wait (landing, building
+    results). Without a terminal, there is no live bar: a line is printed when a batch model's phase
+    or jobs change, never a blank one. With JSON, each update is a `batch_progress` event."""
+
+    def __init__(self, log_format: str, console: Optional["Console"] = None):
         self.json = log_format == "json"
+        self._out = console
         self._lock = threading.Lock()
         self._progress: "Progress | None" = None
         self._tasks: dict[str, Any] = {}
+        self._started: dict[str, float] = {}
+        self._last_line: dict[str, tuple] = {}
 
     def _emit(self, event: dict[str, Any]) -> None:
         print(json.dumps(event, default=str), flush=True)
+
+    def _console(self) -> "Console":
+        if self._progress is not None:
+            return self._progress.console
+        return self._out or _console()
+
+    def run_started(self, start: "RunStart") -> None:
+        """The header: version, project, target, selection, and who answers batch requests."""
+        if self.json:
+            self._emit({"event": "run_start", "command": start.command, "project": start.project,
+                        "target": start.target, "nodes": start.selected, "answers_from": start.answers_from,
+                        "mock": start.mock})
+            return
+        out = self._console()
+        out.print(f"batchflow {__version__} · project [bold]{start.project}[/] · target [bold]{start.target}[/] "
+                  f"({start.target_type}) · {start.selected} node(s)")
+        if start.batch_models:
+            if start.mock:
+                out.print("[yellow]answers from the mock provider: not real model output[/]")
+            else:
+                out.print(f"answers from {start.answers_from}")
 
     def node_started(self, node: "Node", index: int, total: int) -> None:
         """Print the START line."""
@@ -167,6 +278,7 @@ class ConsoleReporter:
             self._emit({"event": "node_start", "node": node.name, "index": index, "total": total})
             return
         with self._lock:
+            self._started[node.name] = time.monotonic()
             self._console().print(f"{index} of {total} START {node.materialized} [bold]{node.name}[/] → {node.relation}")
 
     def node_finished(self, node: "Node", result: "NodeResult", index: int, total: int) -> None:
@@ -186,7 +298,7 @@ class ConsoleReporter:
             out.print(f"{index} of {total} [{color}]{label}[/] {node.materialized} [bold]{node.name}[/] "
                       f"[dim]{rows}in {result.execution_time:.2f}s[/]")
             if result.batch:
-                for line in _batch_lines(result.batch):
+                for line in batch_lines(result.batch):
                     out.print(f"      {line}")
             if result.status in ("skipped", "pending", "interrupted") and result.message:
                 out.print(f"      [dim]{result.message}[/]")
@@ -194,25 +306,50 @@ class ConsoleReporter:
                 where = f"{result.path}:{result.line}" if result.line else result.path
                 out.print(f"      [red]{where}: {result.message}[/]")
 
-    def batch_progress(self, node: "Node", state: str, done: int, failed: int, total: int) -> None:
-        """Update the live bar of a batch model."""
+    def batch_progress(self, node: "Node", p: "BatchProgress") -> None:
+        """Update the live bar (terminal), print a line on a change (no terminal), or emit an event (JSON)."""
+        elapsed = time.monotonic() - self._started.get(node.name, time.monotonic())
         if self.json:
-            self._emit({"event": "batch_progress", "node": node.name, "state": state, "done": done,
-                        "failed": failed, "total": total})
+            self._emit({"event": "batch_progress", "node": node.name, "phase": p.phase, "state": p.state,
+                        "done": p.done, "failed": p.failed, "total": p.total, "jobs_running": p.running,
+                        "jobs_queued": p.queued, "seconds": round(elapsed, 3)})
             return
+        jobs = f"{p.running} job(s) running, {p.queued} queued" if p.phase == "waiting" else ""
+        status = " · ".join(x for x in (p.phase, p.state, jobs) if x)
         with self._lock:
+            if not self._console().is_terminal:
+                key = (p.phase, p.state, p.running, p.queued)
+                idle = p.phase == "waiting" and not p.running and not p.queued  # the poll after the last land
+                if self._last_line.get(node.name) != key and not idle:
+                    self._last_line[node.name] = key
+                    self._console().print(f"      [dim]{node.name}: {status}: {p.done:,}/{p.total:,} rows, "
+                                          f"{p.failed:,} failed, {_elapsed(elapsed)}[/]")
+                return
             if self._progress is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                           TimeRemainingColumn)
 
                 self._progress = Progress(
                     TextColumn("      {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("[red]{task.fields[failed]} failed[/] {task.fields[state]}"), TimeElapsedColumn(),
-                    console=_console(), transient=True,
+                    TextColumn("[red]{task.fields[failed]} failed[/]"), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                    console=self._console(), transient=True,
                 )
                 self._progress.start()
             if node.name not in self._tasks:
-                self._tasks[node.name] = self._progress.add_task(node.name, total=total, failed=0, state=state)
-            self._progress.update(self._tasks[node.name], completed=done, total=total, failed=failed, state=state)
+                self._tasks[node.name] = self._progress.add_task(node.name, total=p.total or None, failed=0,
+                                                                 status=status)
+            self._progress.update(self._tasks[node.name], completed=p.done, total=p.total or None,
+                                  failed=f"{p.failed:,}", status=status)
+
+    def test_finished(self, result: "NodeResult") -> None:
+        """Print PASS / FAIL (or a `test` event)."""
+        if self.json:
+            self._emit({"event": "test", "test": result.name, "status": result.status,
+                        "failures": result.rows, "message": result.message})
+            return
+        label = "[green]PASS[/]" if result.status == "success" else "[red]FAIL[/]"
+        self._console().print(f"{label} {result.name}" + (f"  [red]{result.message}[/]" if result.message else ""))
 
     def _stop_bar(self, name: str) -> None:
         with self._lock:
@@ -222,21 +359,26 @@ class ConsoleReporter:
                     self._progress.stop()
                     self._progress = None
 
-    def _console(self) -> "Console":
-        return self._progress.console if self._progress is not None else _console()
-
 
 def _money(value: Optional[float]) -> str:
     return "no price configured" if value is None else f"${value:,.4f}"
 
 
-def _batch_lines(b: dict[str, Any]) -> list[str]:
-    """The batch summary under a batch model's result line."""
-    sent = (f"would send {b['would_send']:,}" if b.get("dry_run")
-            else f"sent {b['rows_sent']:,}" + (f" ({b['rows_retried']:,} of them retries)" if b.get("rows_retried") else ""))
-    lines = [f"rows {b['rows_total']:,}: {sent}, reused {b['rows_reused']:,}, duplicate {b['rows_duplicate']:,}, "
-             f"invalid {b['rows_invalid']:,}" + (f", pending {b['rows_pending']:,}" if b.get("rows_pending") else "")
-             + (f", missing {b['rows_missing']:,}" if b.get("rows_missing") else "")]
+def batch_lines(b: dict[str, Any]) -> list[str]:
+    """The batch summary under a batch model's result line. The first line is arithmetic over the
+    model's rows: every row is to send (new or changed), reused (answered before), a duplicate of
+    another row's request (answered once), invalid, or in a job still running."""
+    pending = b.get("rows_pending") or 0
+    to_send = (b["would_send"] if b.get("dry_run") else
+               max(b["rows_total"] - b["rows_invalid"] - b["rows_duplicate"] - b["rows_reused"] - pending, 0))
+    verb = "would send" if b.get("dry_run") else "to send"
+    parts = [f"{to_send:,} {verb}", f"{b['rows_reused']:,} reused", f"{b['rows_duplicate']:,} duplicate",
+             f"{b['rows_invalid']:,} invalid"] + ([f"{pending:,} in running jobs"] if pending else [])
+    lines = [f"rows {b['rows_total']:,} = " + " + ".join(parts)]
+    if not b.get("dry_run") and (b.get("rows_sent") or b.get("jobs")):
+        retried = b.get("rows_retried") or 0
+        lines.append(f"sent {b['rows_sent']:,} request(s) in {len(b.get('jobs') or [])} job(s)"
+                     + (f", {retried:,} of them resent after a failed or missing answer" if retried else ""))
     if b.get("dry_run") and b.get("plan"):
         lines.append(f"plan: {b['plan']}")
     est = b.get("estimate") or {}
@@ -247,24 +389,14 @@ def _batch_lines(b: dict[str, Any]) -> list[str]:
         outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(b["outcomes"].items()))
         tokens = b.get("tokens") or {}
         lines.append(f"outcomes: {outcomes} | this run: {tokens.get('total', 0):,} tokens, "
-                     f"{_money(b.get('actual_cost'))} | jobs {len(b['jobs'])}")
+                     f"{_money(b.get('actual_cost'))}")
+    if b.get("rows_missing"):
+        lines.append(f"[red]missing {b['rows_missing']:,}[/] row(s) without an answer")
     lines += [f"[yellow]warning[/] {w}" for w in b.get("warnings", [])]
     return lines
 
 
-def _execute(command: str, project_dir: Path, profiles_dir: Optional[Path], target: Optional[str],
-             select: Optional[list[str]], exclude: Optional[list[str]], vars_text: Optional[str],
-             threads: Optional[int], full_refresh: bool, log_format: str, resource_types: tuple[str, ...],
-             flags: "RunFlags", with_tests: bool = False) -> None:
-    from batchflow.adapters import open_backend, open_warehouse
-    from batchflow.artifacts import summarize, write_compiled, write_manifest, write_run_results
-    from batchflow.interrupt import Interrupt, handle_signals
-    from batchflow.runner import RunOptions, Runner
-
-    interrupt = Interrupt()
-    with handle_signals(interrupt, on_first=lambda signum: _interrupt_note(signum, log_format)):
-        _execute_run(command, project_dir, profiles_dir, target, select, exclude, vars_text, threads, full_refresh,
-                     log_format, resource_types, flags, with_tests, interrupt)
+# ---- commands ----------------------------------------------------------------------------------------------
 
 
 def _interrupt_note(signum: int, log_format: str) -> None:
@@ -278,249 +410,150 @@ def _interrupt_note(signum: int, log_format: str) -> None:
                              "running jobs stay in the ledger for the next run (again to exit at once)")
 
 
-def _execute_run(command: str, project_dir: Path, profiles_dir: Optional[Path], target: Optional[str],
-                 select: Optional[list[str]], exclude: Optional[list[str]], vars_text: Optional[str],
-                 threads: Optional[int], full_refresh: bool, log_format: str, resource_types: tuple[str, ...],
-                 flags: "RunFlags", with_tests: bool, interrupt: Any) -> None:
-    from batchflow.adapters import open_backend, open_warehouse
-    from batchflow.artifacts import summarize, write_compiled, write_manifest, write_run_results
-    from batchflow.runner import RunOptions, Runner
+def _run_command(fn_name: str, log_format: str, **kwargs: Any) -> None:
+    """Run an api function that executes nodes, under SIGINT/SIGTERM handling, then print the summary
+    and exit with the report's code."""
+    from batchflow import api
+    from batchflow.interrupt import Interrupt, handle_signals
 
-    started = time.perf_counter()
-    session = _session(project_dir, profiles_dir, target, vars_text, log_format)
-    write_compiled(session.manifest)
-    write_manifest(session.manifest, command)
-    selected = _select(session, select, exclude, resource_types)
-    options = RunOptions(threads=threads or session.target.threads, full_refresh=full_refresh,
-                         load_source_samples=session.target.type == "duckdb", batch=flags, interrupt=interrupt)
-    warehouse = open_warehouse(session.target, session.project)
+    interrupt = Interrupt()
     reporter = ConsoleReporter(log_format)
-    console = _console()
-    if log_format != "json":
-        console.print(f"batchflow {__version__} · project [bold]{session.project.name}[/] · target "
-                      f"[bold]{session.target.name}[/] ({session.target.type}) · {len(selected)} node(s)")
-    try:
-        runner = Runner(session.manifest, session.compiler, warehouse,
-                        lambda: open_backend(session.target, warehouse), reporter, options)
-        results = runner.run(selected)
-        if with_tests and not interrupt.is_set():  # dbt's habit: build = seeds + models + the tests of what was built
-            built = {r.name for r in results if r.status == "success"}
-            results += _run_tests(session, warehouse, built, log_format)
-    finally:
-        warehouse.close()
-    elapsed = time.perf_counter() - started
-    write_run_results(session.manifest, command, results, elapsed, options.run_id)
-    counts = summarize(results)
+    with handle_signals(interrupt, on_first=lambda signum: _interrupt_note(signum, log_format)):
+        report = getattr(api, fn_name)(reporter=reporter, interrupt=interrupt,
+                                       on_warnings=_warnings_to(log_format), **kwargs)
+    _print_summary(report, log_format)
+    if report.exit_code:
+        _exit(report.exit_code)
+
+
+def _print_summary(report: "RunReport", log_format: str) -> None:
+    counts = report.summary
     if log_format == "json":
-        print(json.dumps({"event": "run_finish", "summary": counts, "seconds": round(elapsed, 3)}))
+        print(json.dumps({"event": "run_finish", "summary": counts, "seconds": round(report.elapsed, 3)}))
+        return
+    console = _console()
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing selected"
+    if report.interrupted:
+        console.print(f"[magenta]Interrupted[/] ({report.interrupted}) after {report.elapsed:.2f}s: {parts}; "
+                      "rerun to finish — jobs still running are adopted, nothing is paid twice")
     else:
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing selected"
-        if interrupt.is_set():
-            console.print(f"[magenta]Interrupted[/] ({interrupt.name}) after {elapsed:.2f}s: {parts}; "
-                          "rerun to finish — jobs still running are adopted, nothing is paid twice")
-        else:
-            console.print(f"Finished in {elapsed:.2f}s: {parts}" + (" (dry run: nothing was submitted)" if flags.dry_run else ""))
-        if full_refresh and not flags.resubmit_all and any(r.materialized == "batch" for r in results):
-            console.print("[dim]--full-refresh kept every batch answer already paid for; add --resubmit-batches "
-                          "to send them again[/]")
-    if interrupt.is_set():
-        _exit(interrupt.exit_code)
-    if any(r.status == "error" for r in results):
-        _exit(1)
+        console.print(f"Finished in {report.elapsed:.2f}s: {parts}"
+                      + (" (dry run: nothing was submitted)" if report.dry_run else ""))
+    if report.full_refresh and not report.resubmit_batches and any(r.materialized == "batch" for r in report.results):
+        console.print("[dim]--full-refresh kept every batch answer already paid for; add --resubmit-batches "
+                      "to send them again[/]")
 
 
-def _run_tests(session: Session, warehouse: Any, nodes: set[str], log_format: str) -> list["NodeResult"]:
-    from batchflow import testing
-
-    tests = testing.collect(session.manifest, nodes)
-    results = testing.run(tests, session.manifest, warehouse)
-    for result in results:
-        if log_format == "json":
-            print(json.dumps({"event": "test", "test": result.name, "status": result.status,
-                              "failures": result.rows, "message": result.message}))
-        else:
-            label = "[green]PASS[/]" if result.status == "success" else "[red]FAIL[/]"
-            _console().print(f"{label} {result.name}" + (f"  [red]{result.message}[/]" if result.message else ""))
-    return results
+def _run(log_format: str = "text", **kwargs: Any) -> None:
+    _run_command("run", log_format, **kwargs)
 
 
-def _test(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str], select: Optional[list[str]],
-          exclude: Optional[list[str]], vars_text: Optional[str], log_format: str) -> None:
-    from batchflow.adapters import open_warehouse
-    from batchflow.artifacts import write_run_results
+def _build(log_format: str = "text", **kwargs: Any) -> None:
+    _run_command("build", log_format, **kwargs)
 
-    started = time.perf_counter()
-    session = _session(project_dir, profiles_dir, target, vars_text, log_format)
-    selected = _select(session, select, exclude, ("model", "seed", "source"))
-    warehouse = open_warehouse(session.target, session.project)
-    try:
-        results = _run_tests(session, warehouse, selected, log_format)
-    finally:
-        warehouse.close()
-    write_run_results(session.manifest, "test", results, time.perf_counter() - started, "test")
-    failed = sum(r.status != "success" for r in results)
+
+def _retry(log_format: str = "text", **kwargs: Any) -> None:
+    _run_command("retry", log_format, **kwargs)
+
+
+def _seed(log_format: str = "text", **kwargs: Any) -> None:
+    _run_command("seed", log_format, **kwargs)
+
+
+def _test(log_format: str = "text", **kwargs: Any) -> None:
+    from batchflow import api
+
+    report = api.test(reporter=ConsoleReporter(log_format), on_warnings=_warnings_to(log_format), **kwargs)
+    failed = sum(r.status != "success" for r in report.results)
     if log_format != "json":
-        _console().print(f"{len(results) - failed} passed, {failed} failed")
+        _console().print(f"{len(report.results) - failed} passed, {failed} failed")
     if failed:
         _exit(1)
 
 
-def _flags(dry_run: bool, no_wait: bool, retry_failed: bool, resubmit: bool, full_refresh: bool) -> "RunFlags":
-    from batchflow.lifecycle import RunFlags
+def _compile(log_format: str = "text", validate: bool = False, **kwargs: Any) -> None:
+    from batchflow import api
 
-    if resubmit and not full_refresh:
-        raise ConfigError("--resubmit-batches pays for every request again; it only works with --full-refresh")
-    if dry_run and (no_wait or retry_failed):
-        raise ConfigError("--dry-run submits nothing; it cannot be combined with --no-wait or --retry-failed")
-    return RunFlags(dry_run=dry_run, no_wait=no_wait, retry_failed=retry_failed, resubmit_all=resubmit)
-
-
-def _validate(session: Session, order: list[str]) -> bool:
-    """Dry-run each model in the warehouse (models not built yet are inlined); True when all pass."""
-    from batchflow.adapters import open_warehouse
-    from batchflow.compiler import NeedsBatchResults, inline_unbuilt
-    from batchflow.runner import load_source_samples
-
-    manifest, ok = session.manifest, True
+    report = api.compile_project(validate=validate, on_warnings=_warnings_to(log_format), **kwargs)
     console = _console()
-    warehouse = open_warehouse(session.target, session.project)
-    try:
-        if session.target.type == "duckdb":  # sources stand in as their samples, as in a run
-            load_source_samples(manifest, warehouse, {d for n in order for d in manifest.nodes[n].depends_on})
-        for name in order:
-            node = manifest.nodes[name]
-            if node.materialized == "ephemeral":
-                continue
-            try:
-                sql = inline_unbuilt(manifest, name, lambda n: warehouse.kind(n.relation) is not None)
-                size, _ = warehouse.dry_run(sql)
-                console.print(f"[green]valid[/] {name}" + ("" if size is None else f"  [dim]{size:,} bytes[/]"))
-            except NeedsBatchResults as exc:
-                console.print(f"[yellow]skipped[/] {name}: {exc.message}")
-            except BatchflowError as exc:
-                ok = False
-                console.print(f"[red]invalid[/] {name}  {node.path}: {exc.message}")
-    finally:
-        warehouse.close()
-    return ok
-
-
-def _compile(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str], select: Optional[list[str]],
-             exclude: Optional[list[str]], vars_text: Optional[str], log_format: str, validate: bool) -> None:
-    from batchflow.artifacts import write_compiled, write_manifest
-
-    session = _session(project_dir, profiles_dir, target, vars_text, log_format)
-    write_compiled(session.manifest)
-    write_manifest(session.manifest, "compile")
-    selected = _select(session, select, exclude, ("model",))
-    order = [n for n in session.manifest.graph.topological_order() if n in selected]
-    if validate and not _validate(session, order):
+    for name, status, message, size in report.validation:
+        color = {"valid": "green", "invalid": "red", "skipped": "yellow"}[status]
+        detail = f"  [dim]{size:,} bytes[/]" if size is not None else (f": {message}" if status == "skipped"
+                                                                       else f"  {message}")
+        console.print(f"[{color}]{status}[/] {name}{detail}")
+    if not report.ok:
         _exit(1)
     if log_format == "json":
-        print(json.dumps({"event": "compiled", "nodes": order}))
-    else:
-        console = _console()
-        for name in order:
-            node = session.manifest.nodes[name]
-            console.print(f"compiled {node.materialized:<11} {name}  [dim]{node.path}[/]")
-        console.print(f"{len(order)} model(s) compiled into {session.project.target_path / 'compiled'}")
+        print(json.dumps({"event": "compiled", "nodes": [n.name for n in report.nodes]}))
+        return
+    for node in report.nodes:
+        console.print(f"compiled {node.materialized:<11} {node.name}  [dim]{node.path}[/]")
+    console.print(f"{len(report.nodes)} model(s) compiled into {report.compiled_dir}")
 
 
 def _list_nodes(project_dir: Path = Path("."), profiles_dir: Optional[Path] = None, target: Optional[str] = None,
                 select: Optional[list[str]] = None, exclude: Optional[list[str]] = None,
                 vars: Optional[str] = None, resource_type: Optional[str] = None, output: str = "name") -> None:
     """`batchflow ls`: plain print (no rich), so listing needs neither rich nor typer."""
-    session = _session(project_dir, profiles_dir, target, vars)
-    types = (resource_type,) if resource_type else ("model", "seed", "source")
-    selected = _select(session, select, exclude, types)
-    for name in session.manifest.graph.topological_order():
-        if name not in selected:
-            continue
-        node = session.manifest.nodes[name]
+    from batchflow import api
+
+    nodes = api.ls(project_dir, profiles_dir=profiles_dir, target=target, select=select, exclude=exclude, vars=vars,
+                   resource_type=resource_type, on_warnings=_print_warnings)
+    for node in nodes:
         if output == "json":
-            print(json.dumps({"name": name, "resource_type": node.resource_type, "path": node.path,
+            print(json.dumps({"name": node.name, "resource_type": node.resource_type, "path": node.path,
                               "materialized": node.materialized, "tags": node.tags}))
         else:
-            print(node.path if output == "path" else name)
+            print(node.path if output == "path" else node.name)
 
 
-def _debug(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str]) -> None:
-    """Load the project and profile, then construct the warehouse, the batch backend and its provider
-    and make one real call to each, reporting what answered."""
-    from batchflow.adapters import open_backend, open_warehouse
-    from batchflow.project import load_profile, load_project
+def _show(select: str, limit: int = 10, output: str = "table", **kwargs: Any) -> None:
+    from batchflow import api
 
+    result = api.show(select, limit=limit, on_warnings=_print_warnings, **kwargs)
+    if output == "json":
+        for row in result.rows:
+            print(json.dumps(row, default=str))
+        return
+    from rich.table import Table
+
+    origin = {"table": "built table", "batch": "batch model: prompt, answer, outcome and tokens",
+              "compiled": "not built: its compiled SELECT, unbuilt upstream models inlined"}[result.origin]
+    table = Table(title=f"{result.model} [dim]({origin})[/]", title_justify="left", show_lines=result.origin == "batch")
+    wide = {"prompt", "answer", "request", "response", "body"}
+    for name in result.columns:
+        table.add_column(name, overflow="fold", ratio=3 if name in wide else 1, no_wrap=name not in wide)
+    for row in result.rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in result.columns))
+    _console().print(table)
+    _console().print(f"[dim]{len(result.rows)} row(s)[/]")
+
+
+def _init(directory: Path = Path("."), name: Optional[str] = None, force: bool = False, no_input: bool = False) -> None:
+    from batchflow import api
+
+    if name is None and not no_input and sys.stdin.isatty() and sys.stdout.isatty():
+        import typer
+
+        name = typer.prompt("Project name", default=api._project_name(Path(directory).resolve().name))
+    result = api.init(directory, name=name, force=force)
     console = _console()
-    project = load_project(project_dir.resolve())
-    console.print(f"[green]OK[/] project {project.name!r} at {project.root} "
-                  f"({len(project.models)} models, {len(project.seeds)} seeds, {len(project.sources)} sources)")
-    tgt = load_profile(project, profiles_dir, target)
-    _print_warnings([*project.warnings, *tgt.warnings])
-    console.print(f"[green]OK[/] profile {tgt.profile!r}, target {tgt.name!r} ({tgt.type}, schema {tgt.schema})")
-    warehouse = open_warehouse(tgt, project)
-    try:
-        warehouse.query_arrow("SELECT 1 AS ok")
-        console.print(f"[green]OK[/] connection to {warehouse.name}")
-        backend = open_backend(tgt, warehouse)
-        try:
-            backend.list({"batchflow_debug": "1"})  # one real call: credentials, endpoint, permissions
-        except BatchflowError as exc:
-            raise ExecutionError(f"batch backend {backend.name} ({backend.describe()}) did not answer: "
-                                 f"{exc.message}") from None
-        console.print(f"[green]OK[/] batch backend {backend.name}: {backend.describe()}")
-    finally:
-        warehouse.close()
+    console.print(f"[green]created[/] project [bold]{result.name}[/] in {result.root} ({len(result.files)} files)")
+    where = "" if result.root == Path.cwd() else f"cd {directory} && "
+    console.print(f"next: {where}batchflow build      [dim]# offline: DuckDB and the mock provider[/]")
+    console.print(f"      {where}batchflow show -s ticket_requests")
 
 
-# ---- jobs ------------------------------------------------------------------------------------------
+def _debug(**kwargs: Any) -> None:
+    from batchflow import api
+
+    api.debug(on_check=lambda text: _console().print(f"[green]OK[/] {text}"), on_warnings=_print_warnings, **kwargs)
 
 
-def _ledger_session(project_dir: Path, profiles_dir: Optional[Path],
-                    target: Optional[str]) -> tuple["Target", Any, "Ledger"]:
-    from batchflow.adapters import open_warehouse
-    from batchflow.ledger import Ledger
-    from batchflow.project import load_profile, load_project
+def _jobs_list(all_jobs: bool = False, model: Optional[str] = None, output: str = "table", **kwargs: Any) -> None:
+    from batchflow import api
 
-    project = load_project(project_dir.resolve())
-    tgt = load_profile(project, profiles_dir, target)
-    _print_warnings([*project.warnings, *tgt.warnings])
-    warehouse = open_warehouse(tgt, project)
-    return tgt, warehouse, Ledger(warehouse)
-
-
-def _live(backend: Any, entry: "LedgerEntry") -> dict[str, Any]:
-    """The ledger row, refreshed from the backend for jobs that may still change."""
-    from batchflow.batch.states import rule
-
-    row = {k: v for k, v in entry.__dict__.items()}
-    if backend is not None and entry.job_name and not rule(entry.state).terminal:
-        try:
-            status = backend.get(entry.job_name)
-            row.update(state=status.state.value, successful_count=status.successful,
-                       failed_count=status.failed, error=status.error)
-        except BatchflowError as exc:
-            row["error"] = f"backend: {exc.message}"
-    return row
-
-
-def _find_entry(ledger: "Ledger", job: str) -> "LedgerEntry":
-    matches = [e for e in ledger.entries() if job in (e.job_key, e.job_name) or (e.job_name or "").endswith("/" + job)]
-    if not matches:
-        raise ConfigError(f"no job {job!r} in the ledger; see `batchflow jobs list --all`")
-    return matches[-1]
-
-
-def _jobs_list(project_dir: Path, profiles_dir: Optional[Path], target: Optional[str], all_jobs: bool,
-               model: Optional[str], output: str) -> None:
-    from batchflow.adapters import open_backend
-
-    tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
-    try:
-        entries = ledger.entries(node=model, open_only=not all_jobs)
-        backend = open_backend(tgt, warehouse) if any(e.job_name for e in entries) else None
-        rows = [_live(backend, e) for e in entries]
-    finally:
-        warehouse.close()
+    rows = api.jobs_list(all_jobs=all_jobs, model=model, on_warnings=_print_warnings, **kwargs)
     if output == "json":
         for row in rows:
             print(json.dumps(row, default=str))
@@ -534,51 +567,70 @@ def _jobs_list(project_dir: Path, profiles_dir: Optional[Path], target: Optional
                       f"[dim]{r['job_name'] or '(not created)'}[/]")
 
 
-def _jobs_show(job: str, project_dir: Path, profiles_dir: Optional[Path], target: Optional[str]) -> None:
-    from batchflow.adapters import open_backend
+def _jobs_show(job: str, **kwargs: Any) -> None:
+    from batchflow import api
 
-    tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
-    try:
-        entry = _find_entry(ledger, job)
-        row = _live(open_backend(tgt, warehouse) if entry.job_name else None, entry)
-    finally:
-        warehouse.close()
-    print(json.dumps(row, indent=2, default=str))
+    print(json.dumps(api.jobs_show(job, on_warnings=_print_warnings, **kwargs), indent=2, default=str))
 
 
-def _jobs_cancel(job: str, project_dir: Path, profiles_dir: Optional[Path], target: Optional[str]) -> None:
-    from batchflow.adapters import open_backend
-    from batchflow.batch.base import JobNotFoundError
-    from batchflow.batch.states import JobState, rule
+def _jobs_cancel(job: str, **kwargs: Any) -> None:
+    from batchflow import api
 
-    tgt, warehouse, ledger = _ledger_session(project_dir, profiles_dir, target)
-    try:
-        entry = _find_entry(ledger, job)
-        if not entry.job_name or not rule(entry.state).cancellable:
-            raise ConfigError(f"job {job!r} is {entry.state}: {rule(entry.state).doc}; nothing to cancel")
-        backend = open_backend(tgt, warehouse)
+    done = api.jobs_cancel(job, on_warnings=_print_warnings, **kwargs)
+    _console().print(f"{'cancelled' if done['cancelled'] else 'cancel requested for'} {done['job_name']} "
+                     f"({done['state']}); the next run lands the rows it finished and resends the rest")
+
+
+# ---- the typer app, generated from COMMANDS ---------------------------------------------------------------
+
+
+def _parameter(opt: Opt, enums: dict[tuple[str, ...], Any]) -> inspect.Parameter:
+    """The typer parameter (annotation + default) of one declaration."""
+    from enum import Enum
+    from typing import Annotated
+
+    import typer
+
+    kind = {"str": str, "path": Path, "int": int, "bool": bool}.get(opt.kind)
+    default = opt.default
+    if opt.kind == "choice":
+        # Choices as str enums: typer checks them (exit 2 with the allowed values), and a member compares
+        # equal to its text, so the functions take plain strings.
+        if opt.choices not in enums:
+            enums[opt.choices] = Enum(f"Choice{len(enums)}", {v: v for v in opt.choices}, type=str)
+        kind = enums[opt.choices]
+        default = None if default is None else kind(default)
+    annotation: Any = list[kind] if opt.multiple else kind
+    if default is None and not opt.required:
+        annotation = Optional[annotation]
+    if not opt.flags:
+        info = typer.Argument(help=opt.help, metavar=opt.metavar, show_default=default is not None)
+    else:
+        # a flag prints as a flag, not `--dry-run <bool>`
+        info = typer.Option(*opt.flags, help=opt.help, metavar="" if opt.kind == "bool" else opt.metavar,
+                            min=opt.min, show_default=opt.kind != "bool" and default is not None)
+    return inspect.Parameter(opt.dest, inspect.Parameter.KEYWORD_ONLY,
+                             default=inspect.Parameter.empty if opt.required else default,
+                             annotation=Annotated[annotation, info])
+
+
+def _typer_command(spec: Command, enums: dict[tuple[str, ...], Any]) -> Callable[..., None]:
+    """A function typer can read (signature from the declarations) that calls the command's handler."""
+    log_format = next((o for o in spec.options if o.dest == "log_format"), None)
+
+    def invoke(**kwargs: Any) -> None:
+        fmt = "json" if log_format and kwargs.get("log_format") == "json" else "text"
         try:
-            live = backend.get(entry.job_name)
-        except JobNotFoundError:
-            raise ConfigError(f"job {job!r} is not known to the {backend.name} backend any more; the next run "
-                              "lands whatever it left") from None
-        if not rule(live.state.value).cancellable:
-            ledger.update(entry.job_key, state=live.state.value, job_state=live.state.value)
-            raise ConfigError(f"job {job!r} is {live.state.value} at the backend: {rule(live.state.value).doc}; "
-                              "nothing to cancel")
-        backend.cancel(entry.job_name)
-        after = backend.get(entry.job_name)
-        ledger.update(entry.job_key, state=after.state.value, job_state=after.state.value)
-        if after.state.terminal and after.state is not JobState.CANCELLED:
-            raise ConfigError(f"job {job!r} ended {after.state.value} before the cancel reached it; nothing to cancel")
-    finally:
-        warehouse.close()
-    done = after.state is JobState.CANCELLED
-    _console().print(f"{'cancelled' if done else 'cancel requested for'} {entry.job_name} ({after.state.value}); "
-                     "the next run lands the rows it finished and resends the rest")
+            globals()[spec.handler](**kwargs)
+        except BatchflowError as exc:
+            _fail(exc, fmt)
 
-
-# ---- the typer app ---------------------------------------------------------------------------------
+    params = [_parameter(o, enums) for o in spec.options]
+    invoke.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    invoke.__annotations__ = {p.name: p.annotation for p in params}
+    invoke.__doc__ = spec.help
+    invoke.__name__ = spec.name
+    return invoke
 
 
 def _build_app() -> "typer.Typer":
@@ -587,160 +639,40 @@ def _build_app() -> "typer.Typer":
         return globals()["app"]
     from typing import Annotated
 
-    from enum import Enum
-
     import typer
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=APP_HELP)
+    from typer.core import TyperCommand, TyperGroup
 
-    # Choices as str enums: typer checks them (exit 2 with the allowed values), and a member compares
-    # equal to its text, so the functions below take plain strings.
-    LogFormat = Enum("LogFormat", {v: v for v in LOG_FORMATS}, type=str)
-    LsOutput = Enum("LsOutput", {v: v for v in LS_OUTPUTS}, type=str)
-    JobsOutput = Enum("JobsOutput", {v: v for v in JOBS_OUTPUTS}, type=str)
-    ResourceType = Enum("ResourceType", {v: v for v in RESOURCE_TYPES}, type=str)
+    def quiet_help(cls: type) -> type:
+        """--help prints as a flag too, not `--help <bool>`."""
+        class Quiet(cls):  # type: ignore[misc, valid-type]
+            def get_help_option(self, ctx: Any) -> Any:
+                option = super().get_help_option(ctx)
+                if option is not None:
+                    option.metavar = ""
+                return option
+        return Quiet
 
-    ProjectDir = Annotated[Path, typer.Option("--project-dir", help="Folder holding batchflow_project.yml.")]
-    ProfilesDir = Annotated[Optional[Path], typer.Option("--profiles-dir", help="Folder holding profiles.yml.")]
-    TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Target in profiles.yml.")]
-    SelectOpt = Annotated[Optional[list[str]], typer.Option("--select", "-s", help="dbt selection syntax.")]
-    ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="dbt selection syntax.")]
-    VarsOpt = Annotated[Optional[str], typer.Option("--vars", help="YAML/JSON mapping of project vars.")]
-    ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Models built at once (1 or more).")]
-    FullRefreshOpt = Annotated[bool, typer.Option("--full-refresh", help="Rebuild incremental models from scratch.")]
-    LogFormatOpt = Annotated[LogFormat, typer.Option("--log-format", help="Output as text or JSON events.")]
-    DryRunOpt = Annotated[bool, typer.Option(
-        "--dry-run", help="Build and validate requests, count and estimate cost; submit nothing.")]
-    NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Submit batch jobs and exit; a later run lands them.")]
-    RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Send only rows whose last answer failed.")]
-    ResubmitOpt = Annotated[bool, typer.Option(
-        "--resubmit-batches", help="Send every request again, even answered ones (pays again).")]
-    JobArg = Annotated[str, typer.Argument(help="Job key or job name.")]
-
-    @app.command("test")
-    def test_command(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-                     select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-                     log_format: LogFormatOpt = LogFormat.text) -> None:
-        """Run the data tests (not_null, unique, accepted_values, relationships) of the selected nodes."""
-        try:
-            _test(project_dir, profiles_dir, target, select, exclude, vars, log_format)
-        except BatchflowError as exc:
-            _fail(exc, log_format)
-
-    @app.command()
-    def retry(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-              select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-              log_format: LogFormatOpt = LogFormat.text, no_wait: NoWaitOpt = False) -> None:
-        """Resend only the failed rows of the selected batch models (same as `run --retry-failed`)."""
-        from batchflow.lifecycle import RunFlags
-
-        try:
-            _execute("retry", project_dir, profiles_dir, target, select, exclude, vars, threads, False,
-                     log_format, ("model",), RunFlags(no_wait=no_wait, retry_failed=True))
-        except BatchflowError as exc:
-            _fail(exc, log_format)
-
-    @app.command()
-    def run(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-            select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-            full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = LogFormat.text, dry_run: DryRunOpt = False,
-            no_wait: NoWaitOpt = False, retry_failed: RetryFailedOpt = False,
-            resubmit_batches: ResubmitOpt = False) -> None:
-        """Build the selected models (batch models submit their requests and land the answers)."""
-        try:
-            _execute("run", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
-                     log_format, ("model",), _flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh))
-        except BatchflowError as exc:
-            _fail(exc, log_format)
-
-    @app.command()
-    def build(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-              select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None, threads: ThreadsOpt = None,
-              full_refresh: FullRefreshOpt = False, log_format: LogFormatOpt = LogFormat.text, dry_run: DryRunOpt = False,
-              no_wait: NoWaitOpt = False, retry_failed: RetryFailedOpt = False,
-              resubmit_batches: ResubmitOpt = False) -> None:
-        """Load seeds, then build the selected models, in dependency order."""
-        try:
-            _execute("build", project_dir, profiles_dir, target, select, exclude, vars, threads, full_refresh,
-                     log_format, ("model", "seed"),
-                     _flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh), with_tests=not dry_run)
-        except BatchflowError as exc:
-            _fail(exc, log_format)
-
-    @app.command()
-    def compile(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-                select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-                log_format: LogFormatOpt = LogFormat.text,
-                validate: Annotated[bool, typer.Option("--validate", help="Also dry-run each model in the warehouse.")]
-                = False) -> None:
-        """Render and parse every model; write target/compiled/ and target/manifest.json. Runs nothing."""
-        try:
-            _compile(project_dir, profiles_dir, target, select, exclude, vars, log_format, validate)
-        except BatchflowError as exc:
-            _fail(exc, log_format)
-
-    @app.command("ls")
-    def list_nodes(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-                   select: SelectOpt = None, exclude: ExcludeOpt = None, vars: VarsOpt = None,
-                   resource_type: Annotated[Optional[ResourceType], typer.Option(
-                       "--resource-type", help="Only nodes of this type.")] = None,
-                   output: Annotated[LsOutput, typer.Option("--output", help="Names, paths or JSON lines.")]
-                   = LsOutput.name) -> None:
-        """List the selected nodes in dependency order."""
-        try:
-            _list_nodes(project_dir, profiles_dir, target, select, exclude, vars, resource_type, output)
-        except BatchflowError as exc:
-            _fail(exc, "text")
-
-    @app.command()
-    def debug(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
-              target: TargetOpt = None) -> None:
-        """Check the project, the profile and the warehouse connection."""
-        try:
-            _debug(project_dir, profiles_dir, target)
-        except BatchflowError as exc:
-            _fail(exc, "text")
-
-    jobs_app = typer.Typer(no_args_is_help=True, help="Batch jobs recorded in the ledger (_batchflow_jobs).")
-    app.add_typer(jobs_app, name="jobs")
-
-    @jobs_app.command("list")
-    def jobs_list(project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None, target: TargetOpt = None,
-                  all_jobs: Annotated[bool, typer.Option("--all", help="Include landed, lost and failed jobs.")] = False,
-                  model: Annotated[Optional[str], typer.Option("--model", help="Only this batch model.")] = None,
-                  output: Annotated[JobsOutput, typer.Option("--output", help="A table or JSON lines.")]
-                  = JobsOutput.table) -> None:
-        """Jobs of the ledger with their live state and completion counts."""
-        try:
-            _jobs_list(project_dir, profiles_dir, target, all_jobs, model, output)
-        except BatchflowError as exc:
-            _fail(exc, "text")
-
-    @jobs_app.command("show")
-    def jobs_show(job: JobArg, project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
-                  target: TargetOpt = None) -> None:
-        """Everything the ledger and the backend know about one job."""
-        try:
-            _jobs_show(job, project_dir, profiles_dir, target)
-        except BatchflowError as exc:
-            _fail(exc, "text")
-
-    @jobs_app.command("cancel")
-    def jobs_cancel(job: JobArg, project_dir: ProjectDir = Path("."), profiles_dir: ProfilesDir = None,
-                    target: TargetOpt = None) -> None:
-        """Cancel a running job; the rows it finished are landed by the next run."""
-        try:
-            _jobs_cancel(job, project_dir, profiles_dir, target)
-        except BatchflowError as exc:
-            _fail(exc, "text")
+    command_cls, group_cls = quiet_help(TyperCommand), quiet_help(TyperGroup)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help=APP_HELP,
+                      cls=group_cls)
+    groups: dict[str, typer.Typer] = {}
+    enums: dict[tuple[str, ...], Any] = {}
+    for spec in COMMANDS:
+        if spec.group and spec.group not in groups:
+            groups[spec.group] = typer.Typer(no_args_is_help=True, help=GROUPS[spec.group], cls=group_cls)
+            app.add_typer(groups[spec.group], name=spec.group)
+        parent = groups[spec.group] if spec.group else app
+        parent.command(spec.name, help=spec.help, cls=command_cls)(_typer_command(spec, enums))
 
     @app.callback(invoke_without_command=True)
-    def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+    def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", metavar="")]
+              = False) -> None:
         if version:
             _console().print(f"batchflow {__version__}")
             raise typer.Exit(0)
 
-    globals().update(app=app, jobs_app=jobs_app)
+    globals().update(app=app, jobs_app=groups["jobs"])
     return app
 
 
@@ -758,15 +690,13 @@ def __getattr__(name: str) -> Any:
 
 # ---- `batchflow ls` without typer ------------------------------------------------------------------
 
-# The options of `batchflow ls` (as declared in `_build_app`) and the keyword of `_list_nodes` each sets.
-# tests/test_cli_startup.py checks this table against the typer command.
-_LS_OPTIONS = {
-    "--project-dir": "project_dir", "--profiles-dir": "profiles_dir", "--target": "target", "-t": "target",
-    "--select": "select", "-s": "select", "--exclude": "exclude", "--vars": "vars",
-    "--resource-type": "resource_type", "--output": "output",
-}
-_LS_MULTIPLE = frozenset({"select", "exclude"})
-_LS_PATHS = frozenset({"project_dir", "profiles_dir"})
+# The options of `batchflow ls` and the keyword of `_list_nodes` each sets, from the same declarations
+# as the typer command (tests/test_cli_startup.py checks them against it).
+_LS = command("ls")
+_LS_OPTIONS = {flag: o.dest for o in _LS.options for flag in o.flags}
+_LS_MULTIPLE = frozenset(o.dest for o in _LS.options if o.multiple)
+_LS_PATHS = frozenset(o.dest for o in _LS.options if o.kind == "path")
+_LS_CHOICES = {o.dest: o.choices for o in _LS.options if o.kind == "choice"}
 
 
 def _ls_arguments(argv: list[str]) -> Optional[dict[str, Any]]:
@@ -792,7 +722,7 @@ def _ls_arguments(argv: list[str]) -> Optional[dict[str, Any]]:
         dest = _LS_OPTIONS.get(flag)
         if dest is None or value.startswith("-") or (dest in _LS_PATHS and not value):
             return None
-        if (dest == "output" and value not in LS_OUTPUTS) or (dest == "resource_type" and value not in RESOURCE_TYPES):
+        if dest in _LS_CHOICES and value not in _LS_CHOICES[dest]:
             return None  # typer says what is allowed
         if dest in _LS_MULTIPLE:
             kwargs.setdefault(dest, []).append(value)

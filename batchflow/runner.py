@@ -22,7 +22,7 @@ from batchflow.interrupt import Interrupt
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
 from batchflow.lifecycle import BatchLifecycle, BatchProgress, RunFlags
-from batchflow.seeds import SeedState, content_hash, missing_relation_hint, upstream_seeds
+from batchflow.seeds import load_seed, missing_relation_hint, upstream_seeds
 from batchflow.warehouse.base import Warehouse
 
 
@@ -248,12 +248,8 @@ class Runner:
 
     def _materialize(self, node: Node, result: NodeResult) -> int | None:
         if node.resource_type == "seed":
-            seed = self.manifest.project.seeds[node.name]
-            digest = content_hash(seed.abs_path)  # before loading: a file changed meanwhile loads again next run
-            rows = self.wh.load_csv(node.relation, seed.abs_path)
-            with self._lock:
-                SeedState(self.wh).record(node.name, str(node.relation), digest)
-            return rows
+            with self._lock:  # seeds on several threads share the seed-state table
+                return load_seed(self.manifest, self.wh, node.name)
         kind = node.materialized
         sql = node.compiled_sql.strip().rstrip(";")
         if kind == "ephemeral":
