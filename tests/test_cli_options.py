@@ -79,3 +79,55 @@ def test_configuration_warnings_are_json_events_with_log_format_json(cli: CLI) -
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     warning = next(e for e in events if e["event"] == "warning")
     assert warning["line"] == 3 and warning["path"].endswith("batchflow_project.yml") and "test-paths" in warning["message"]
+
+
+class _ModelsServer:
+    """A loopback OpenAI-compatible endpoint that only lists its models (what `debug` calls)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.paths.append(self.path)
+                data = json.dumps({"object": "list", "data": [{"id": "llama3.2", "object": "model"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_debug_asks_the_provider_itself(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _ModelsServer()
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = cli("debug", "--target", "local_ollama")
+        assert result.exit_code == 0, result.output
+        assert server.paths == ["/v1/models"]
+        assert f"{server.base_url} answers (models: llama3.2)" in result.output
+    finally:
+        server.close()
+    # Nothing listens there any more: debug says so and fails, instead of printing OK.
+    result = cli("debug", "--target", "local_ollama")
+    assert result.exit_code == 1
+    assert "did not answer" in result.output and "OK batch backend" not in result.output

@@ -73,3 +73,7 @@ class BatchBackend(Protocol):
 
     def describe(self) -> str:
         """One line on what the backend talks to (`batchflow debug`)."""
+
+    def check(self) -> str:
+        """One real call to what answers the jobs (Vertex: list jobs; local: the provider's `check`);
+        says what answered, raises a BatchflowError when nothing does (`batchflow debug`)."""

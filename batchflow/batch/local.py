@@ -290,6 +290,9 @@ class LocalBackend:
             job.status.state = JobState.CANCELLING
             job.status.update_time = _now_iso()
 
+    def check(self) -> str:
+        return self.provider.check()
+
     def describe(self) -> str:
         """The provider answering, and how jobs are run."""
         return (f"provider {self.provider.name} ({type(self.provider).__name__}), {self.concurrency} chunk(s) of "

@@ -175,6 +175,10 @@ class VertexBackend:
                 return  # Vertex refuses to cancel a finished job
             raise
 
+    def check(self) -> str:
+        jobs = self.list({"batchflow_debug": "1"})  # one real call: credentials, endpoint, permissions
+        return f"listing jobs in {self.project}/{self.location} works ({len(jobs)} matched a probe label)"
+
     def describe(self) -> str:
         """Project, region and endpoint of the jobs."""
         base = self._http_options.base_url if self._http_options and self._http_options.base_url else "Vertex AI"

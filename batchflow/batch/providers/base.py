@@ -91,6 +91,10 @@ class Provider(Protocol):
     ) -> tuple[list, list[str]]:
         """`generate` over request texts, as columns (see above)."""
 
+    def check(self) -> str:
+        """Make one real call (or none, for an in-process provider) and say what answered; raise
+        ExecutionError when nothing does (`batchflow debug`)."""
+
 
 class BaseProvider:
     """The defaults of `Provider` for a provider to inherit: not CPU-bound (threads answer it, never
@@ -106,6 +110,9 @@ class BaseProvider:
         self, model: str, texts: Sequence[str | bytes | None], hashes: Sequence[str | None] | None = None
     ) -> tuple[list, list[str]]:
         return generate_json(self, model, texts)  # the module function: `hashes` is only a shortcut
+
+    def check(self) -> str:
+        return f"{self.name} answers in this process"
 
 
 #: google.rpc canonical codes for the HTTP statuses Vertex maps them to.

@@ -104,6 +104,24 @@ class OpenAIProvider(BaseProvider):
         self._pool_lock = threading.Lock()
 
     # -- protocol ------------------------------------------------------------------------------
+    def check(self) -> str:
+        """`GET {base_url}/models`: the endpoint answers (and with which models), or why not."""
+        from batchflow.errors import ExecutionError
+
+        try:
+            resp = self._client.get(f"{self.base_url}/models")
+        except httpx.HTTPError as exc:
+            raise ExecutionError(f"openai provider: {self.base_url} did not answer: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            raise ExecutionError(f"openai provider: GET {self.base_url}/models answered HTTP {resp.status_code}: "
+                                 f"{_error_message(resp)}")
+        try:
+            models = [m.get("id") for m in resp.json().get("data", []) if isinstance(m, dict)]
+        except ValueError:
+            models = []
+        shown = ", ".join(str(m) for m in models[:5]) + (" …" if len(models) > 5 else "")
+        return f"{self.base_url} answers" + (f" (models: {shown})" if models else "")
+
     def generate(self, model: str, requests: list[dict]) -> list[ProviderResult]:
         if len(requests) <= 1 or self.concurrency == 1:
             return [self._one(model, r) for r in requests]
