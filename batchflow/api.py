@@ -457,11 +457,11 @@ def debug(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = Non
         passed(f"connection to {warehouse.name}")
         backend = open_backend(tgt, warehouse)
         try:
-            backend.list({"batchflow_debug": "1"})  # one real call: credentials, endpoint, permissions
+            answered = backend.check()  # one real call: credentials, endpoint, permissions, provider
         except BatchflowError as exc:
             raise ExecutionError(f"batch backend {backend.name} ({backend.describe()}) did not answer: "
                                  f"{exc.message}") from None
-        passed(f"batch backend {backend.name}: {backend.describe()}")
+        passed(f"batch backend {backend.name}: {backend.describe()}; {answered}")
     finally:
         warehouse.close()
     return checks
