@@ -330,12 +330,14 @@ class ConsoleReporter:
                                            TimeRemainingColumn)
 
                 self._progress = Progress(
-                    TextColumn("      {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("      {task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
                     TextColumn("[red]{task.fields[failed]} failed[/]"), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                     console=self._console(), transient=True,
                 )
                 self._progress.start()
+            # short enough for an 80-column terminal: the state while waiting, else the phase
+            status = f"{p.state} · {p.running} running, {p.queued} queued" if p.phase == "waiting" else p.phase
             if node.name not in self._tasks:
                 self._tasks[node.name] = self._progress.add_task(node.name, total=p.total or None, failed=0,
                                                                  status=status)
