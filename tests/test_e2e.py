@@ -182,3 +182,12 @@ def test_unparsable_string_request_is_an_invalid_row_not_a_crash(cli: CLI) -> No
     distinct = cli.query("select count(distinct request_hash) from reviews.review_requests where response is not null")
     assert batch["rows_sent"] == distinct[0][0] and batch["rows_sent"] + batch["rows_duplicate"] == 58
     assert cli.query("select count(*) from reviews.review_requests where response is null") == [(1,)]
+
+
+def test_run_on_a_fresh_clone_succeeds(cli: CLI) -> None:
+    """README command 1: `batchflow run` loads the seed the models read (seeds are nodes)."""
+    result = cli("run")
+    assert result.exit_code == 0, result.output
+    assert "OK seed products" in result.output
+    assert "answers from the mock provider: not real model output" in result.output
+    assert cli.query("select count(*) from reviews.review_labels")[0][0] == STAGED_REVIEWS
