@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -131,63 +132,82 @@ class _Captured:
         self.config = dict(base_config)
         self.refs: list[str] = []
         self.sources: list[tuple[str, str]] = []
+        self.late = False  # the render read `execute` or ran a query: it is rendered again when built
 
 
 class _ThisRelation:
     """`{{ this }}`: resolved when printed, so a config(alias=...) earlier in the file is honoured."""
 
-    def __init__(self, resolve: Callable[[], Relation]):
+    def __init__(self, resolve: Callable[[], Relation], dialect: str = "bigquery"):
         self._resolve = resolve
+        self._dialect = dialect
+
+    @property
+    def relation(self) -> Relation:
+        return self._resolve()
+
+    @property
+    def name(self) -> str:
+        return self._resolve().identifier
 
     def __str__(self) -> str:
-        return self._resolve().render()
+        return render_relation(self._resolve(), self._dialect)
+
+    def render(self) -> str:
+        return str(self)
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._resolve(), item)
 
 
-def _macro_source(project: Project) -> tuple[str, list[tuple[int, Path]]]:
-    """All built-in then project macro files as one template (later definitions win), with the
-    starting line of each file so errors can be mapped back to it."""
-    files = sorted(BUILTIN_MACRO_DIR.glob("*.sql")) + list(project.macro_files)
-    chunks: list[str] = []
-    offsets: list[tuple[int, Path]] = []
-    line = 1
-    for path in files:
-        text = path.read_text()
-        if not text.endswith("\n"):
-            text += "\n"
-        offsets.append((line, path))
-        chunks.append(text)
-        line += text.count("\n")
-    return "".join(chunks), offsets
+def written_dialect(project: Project, target: Target) -> str:
+    """The dialect the project's models are written in: the project file's `dialect:`, else the target's
+    `dialect:`, else BigQuery."""
+    return str(getattr(project, "dialect", None) or target.settings.get("dialect") or "bigquery")
+
+
+def _macro_source(project: Project, dialect: str = "bigquery") -> tuple[str, list[tuple[str, Path, str]]]:
+    """Every macro file: batchflow's built-ins (package `dbt`), the packages', then the project's, as
+    (package, path, text), and one text of them all (the partial-parse cache's key)."""
+    from batchflow.jinja_context import INTERNAL
+
+    files: list[tuple[str, Path, str]] = [(INTERNAL, p, p.read_text()) for p in sorted(BUILTIN_MACRO_DIR.glob("*.sql"))]
+    for package, path in getattr(project, "package_macro_files", []):
+        files.append((package, path, path.read_text()))
+    files += [(project.name, p, p.read_text()) for p in project.macro_files]
+    key = "\0".join(f"{pkg}\0{path}\0{text}" for pkg, path, text in files)
+    key += f"\0{dialect}\0{getattr(project, 'dispatch', [])!r}"
+    return key, files
 
 
 class JinjaRenderer:
-    """The Jinja environment of a project: one compiled macro module, one template per model."""
-
-    MACROS = "<macros>"
+    """The Jinja environment of a project: macros by package (see batchflow.jinja_context), one template
+    per model."""
 
     def __init__(
         self, project: Project, target: Target, macros_known_good: bool = False,
-        macro_source: tuple[str, list[tuple[int, Path]]] | None = None,
+        macro_source: tuple[str, list[tuple[str, Path, str]]] | None = None,
     ):
         """`macros_known_good`: this exact macro text compiled before (the partial-parse cache says so),
-        so compiling it can wait until a macro is needed; otherwise syntax errors surface here."""
+        so checking it can wait until a macro is needed; otherwise syntax errors surface here."""
+        from batchflow.jinja_context import MacroRegistry
+
         self.project = project
         self.target = target
         self._env: jinja2.Environment | None = None
-        self._macro_module: jinja2.Template | None = None
-        self._macro_text, self._macro_offsets = macro_source or _macro_source(project)
-        self._macro_words: frozenset[str] | None = None
+        self._macro_module: Any = None  # set once every macro block has been syntax-checked
+        dialect = written_dialect(project, target)
+        self._macro_text, files = macro_source or _macro_source(project, dialect)
+        self.registry = MacroRegistry(project.name, dialect, getattr(project, "dispatch", None))
+        for package, path, text in files:
+            self.registry.add_file(text, path, package)
         self._simple: dict[str, list[Any] | None] = {}
         if not macros_known_good:
             self._check_macro_files()
-            self._macro_module = self._template(self.MACROS)
 
     @property
     def macro_text(self) -> str:
-        """Every macro file (built-in, then the project's) as one template."""
+        """Every macro file (built-in, packages', the project's) as one text."""
         return self._macro_text
 
     @property
@@ -199,34 +219,36 @@ class JinjaRenderer:
             self._env = jinja2.Environment(
                 loader=jinja2.FunctionLoader(self._load),
                 undefined=jinja2.StrictUndefined,
-                extensions=["jinja2.ext.do"],
+                extensions=["jinja2.ext.do", "jinja2.ext.loopcontrols"],
                 keep_trailing_newline=True,
                 auto_reload=False,
             )
+            self.registry.env = self._env
         return self._env
-
-    @property
-    def _macros(self) -> jinja2.Template:
-        if self._macro_module is None:
-            self._check_macro_files()
-            self._macro_module = self._template(self.MACROS)
-        return self._macro_module
 
     def _load(self, name: str) -> tuple[str, str, Callable[[], bool]]:
         # The filename becomes the code object's filename, which map_error reads from tracebacks.
-        if name == self.MACROS:
-            return self._macro_text, name, lambda: True
         return self.project.models[name].raw_sql, name, lambda: True
 
     def _check_macro_files(self) -> None:
-        """Syntax-check each macro file alone, so an error names the right file and line."""
+        """Syntax-check every macro block, so an error names the right file and line (blocks keep their
+        file's line numbers)."""
         import jinja2
 
-        for _, path in self._macro_offsets:
+        env = self.env
+        for package in self.registry.macros.values():
+            for macro in package.values():
+                try:
+                    env.parse(macro.source, filename=str(macro.path))
+                except jinja2.TemplateSyntaxError as exc:
+                    raise CompileError(f"Jinja syntax error: {exc.message}", self._display(macro.path),
+                                       exc.lineno) from None
+        for path, text in self.registry.loose:
             try:
-                self.env.parse(path.read_text(), filename=str(path))
+                env.parse(text, filename=str(path))
             except jinja2.TemplateSyntaxError as exc:
                 raise CompileError(f"Jinja syntax error: {exc.message}", self._display(path), exc.lineno) from None
+        self._macro_module = True
 
     def _display(self, path: Path) -> str:
         try:
@@ -242,55 +264,65 @@ class JinjaRenderer:
         import jinja2
 
         if isinstance(exc, jinja2.TemplateSyntaxError):
-            if exc.name == self.MACROS:
-                return self._macro_error(exc.message or str(exc), exc.lineno)
+            if exc.filename and exc.filename != model.name:
+                return CompileError(f"Jinja syntax error: {exc.message}", self._display(Path(exc.filename)),
+                                    exc.lineno)
             return CompileError(f"Jinja syntax error: {exc.message}", model.path, exc.lineno)
         if isinstance(exc, CompileError) and exc.path is not None:
             return exc
-        line: int | None = None
+        macro_files = {str(m.path) for pkg in self.registry.macros.values() for m in pkg.values()}
         where: tuple[str, int] | None = None
         tb = exc.__traceback__
         while tb is not None:  # Jinja rewrites frames to template names and lines: take the deepest
             filename = tb.tb_frame.f_code.co_filename
-            if filename == self.MACROS:
-                where = ("macro", tb.tb_lineno)
+            if filename in macro_files:
+                where = (filename, tb.tb_lineno)
             elif filename == model.name:
-                where = ("model", tb.tb_lineno)
+                where = ("", tb.tb_lineno)
             tb = tb.tb_next
         message = exc.message if isinstance(exc, BatchflowError) else f"{type(exc).__name__}: {exc}"
-        if where and where[0] == "macro":
-            return self._macro_error(message, where[1])
-        if where:
-            line = where[1]
+        if where and where[0]:
+            return CompileError(message, self._display(Path(where[0])), where[1])
+        line = where[1] if where else None
         if isinstance(exc, ConfigError):
             return ConfigError(message, model.path, line)
         return CompileError(message, model.path, line)
 
-    def _macro_error(self, message: str, line: int | None) -> CompileError:
-        path, local = self._macro_offsets[0][1], line
-        for start, file in self._macro_offsets:
-            if line is not None and line >= start:
-                path, local = file, line - start + 1
-        return CompileError(message, self._display(path), local)
+    def scope(self, context: dict[str, Any], package: str | None = None,
+              reads: Callable[[str], None] | None = None) -> Any:
+        """Name lookup for one render: `context`, then macros and package namespaces."""
+        from batchflow.jinja_context import Scope
+
+        _ = self.env  # the registry compiles macros with it
+        scope = Scope(self.registry, context, package, reads)
+        adapter = context.get("adapter")
+        if isinstance(adapter, _Adapter) and adapter.scope is None:
+            adapter.scope = scope
+        return scope
 
     def call_macro(self, name: str, *args: Any, **kwargs: Any) -> str:
         """Render one macro call outside any model (the runner uses the response flatteners)."""
-        module = self._macros.make_module(vars={"target": _target_context(self.target)})
-        return str(getattr(module, name)(*args, **kwargs)).strip()
+        from batchflow.jinja_context import static_context
 
-    def render(self, model: ModelFile, context: dict[str, Any]) -> str:
-        """Render one model with `context` (ref, source, config, ...) and the macros bound to it."""
+        scope = self.scope({**static_context(), "target": _target_context(self.target),
+                            "adapter": _Adapter(self, None, self.target), "execute": False})
+        macro = self.registry.find(None, name)
+        if macro is None:
+            raise CompileError(f"macro {name!r} is not defined")
+        return str(scope.generator(macro)(*args, **kwargs)).strip()
+
+    def render(self, model: ModelFile, context: dict[str, Any], reads: Callable[[str], None] | None = None) -> str:
+        """Render one model with `context` (ref, source, config, ...); macros resolve through its scope."""
+        from batchflow.jinja_context import render_template
+
         try:
-            return self._template(model.name).render(self._with_macros(context))
+            return render_template(self._template(model.name),
+                                   self.scope(context, getattr(model, "package", None), reads))
         except Exception as exc:  # noqa: BLE001 - every render failure is reported with its location
             raise self.map_error(exc, model) from None
 
-    def _with_macros(self, context: dict[str, Any]) -> dict[str, Any]:
-        macros = self._macros.make_module(vars=context)
-        names = {k: getattr(macros, k) for k in dir(macros) if not k.startswith("_")}
-        return {**context, **names}
-
-    def render_fast(self, model: ModelFile, context: dict[str, Any]) -> str | None:
+    def render_fast(self, model: ModelFile, context: dict[str, Any],
+                    reads: Callable[[str], None] | None = None) -> str | None:
         """`render` without Jinja's template compiler, for models that are literal SQL plus
         `{{ expression }}`s of calls, names, attributes and literals (see project.render_simple).
         None when the model needs Jinja, or when evaluating failed (the caller then calls `render`
@@ -300,21 +332,302 @@ class JinjaRenderer:
             pieces = self._simple[model.name] = simple_template(model.raw_sql)
         if pieces is None:
             return None
-        if self._may_use_macros(pieces):
-            context = self._with_macros(context)
-        return render_simple(pieces, context)
+        return render_simple(pieces, self.scope(context, getattr(model, "package", None), reads))
 
-    def _may_use_macros(self, pieces: list[Any]) -> bool:
-        """Whether an expression names something the macro module could export. Any exported name
-        (macro, top-level set, import alias) is written inside some `{% ... %}` tag of the macro text,
-        so those words are a safe superset; a model using none of them renders without the module."""
-        if self._macro_words is None:
-            tags = re.findall(r"\{%.*?%\}", self._macro_text, re.DOTALL)
-            self._macro_words = frozenset(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(tags)))
-        words = self._macro_words
-        return any(
-            isinstance(n, ast.Name) and n.id in words for p in pieces if not isinstance(p, str) for n in ast.walk(p)
+
+class _Adapter:
+    """dbt's `adapter` object: `dispatch` (for the dialect the project is written in), `quote`, and
+    `get_columns_in_relation` / `get_relation`, which ask the warehouse while executing (empty otherwise)."""
+
+    def __init__(self, renderer: JinjaRenderer, compiler: Compiler | None, target: Target,
+                 executing: bool = False):
+        self._renderer = renderer
+        self._compiler = compiler
+        self._target = target
+        self._executing = executing
+        self.scope: Any = None
+        self.type = lambda: target.type
+
+    def dispatch(self, macro_name: str, macro_namespace: str | None = None, packages: Any = None) -> Any:
+        registry = self._renderer.registry
+        if macro_namespace is None and isinstance(packages, str):
+            macro_namespace = packages
+        if macro_namespace is not None and "." in macro_name:
+            raise CompileError(f"In adapter.dispatch: macro_name {macro_name!r} must not contain a dot")
+        searched = []
+        for package, name in registry.dispatch_candidates(macro_name, macro_namespace):
+            macro = registry.find(None, name) if package is None else registry.macros.get(package, {}).get(name)
+            searched.append(name if package is None else f"{package}.{name}")
+            if macro is not None:
+                return self.scope.generator(macro)
+        raise CompileError(f"In dispatch: No macro named {macro_name!r} found within namespace "
+                           f"{macro_namespace or registry.root!r}; searched for: {', '.join(searched)}")
+
+    def quote(self, identifier: str) -> str:
+        quote = '"' if self._renderer.registry.dialect != "bigquery" else "`"
+        return f"{quote}{identifier}{quote}"
+
+    def quote_as_configured(self, identifier: str, quote_key: str = "identifier") -> str:
+        return self.quote(identifier)
+
+    def _relation_of(self, relation: Any) -> Relation:
+        if isinstance(relation, _RenderedRelation):
+            return relation.relation
+        if isinstance(relation, Relation):
+            return relation
+        if isinstance(relation, _ThisRelation):
+            return relation.relation
+        parts = [p.strip('`"') for p in str(relation).split(".")]
+        return Relation(*([None] * (3 - len(parts)) + parts[-3:]))  # type: ignore[arg-type]
+
+    def get_columns_in_relation(self, relation: Any) -> list[_Column]:
+        if not self._executing or self._compiler is None:
+            return []
+        wh = self._compiler.warehouse()
+        return [_Column(c.name, c.type) for c in wh.columns(self._warehouse_relation(self._relation_of(relation)))]
+
+    def _warehouse_relation(self, relation: Relation) -> Relation:
+        return Relation(None, relation.schema, relation.identifier) if self._target.type == "duckdb" else relation
+
+    def get_relation(self, database: str | None, schema: str, identifier: str) -> Any:
+        if not self._executing or self._compiler is None:
+            return None
+        relation = Relation(database, schema, identifier)
+        if self._compiler.warehouse().kind(self._warehouse_relation(relation)) is None:
+            return None
+        return _RenderedRelation(relation, self._renderer.registry.dialect)
+
+    def load_relation(self, relation: Any) -> Any:
+        rel = self._relation_of(relation)
+        return self.get_relation(rel.database, rel.schema, rel.identifier)
+
+    def __getattr__(self, name: str) -> Any:
+        raise CompileError(f"adapter.{name} is not supported by batchflow")
+
+
+@dataclass
+class _Column:
+    """A warehouse column as dbt's Column: `name`, `data_type`, `quoted`."""
+
+    name: str
+    data_type: str
+
+    @property
+    def column(self) -> str:
+        return self.name
+
+    @property
+    def dtype(self) -> str:
+        return self.data_type
+
+    @property
+    def quoted(self) -> str:
+        return f'"{self.name}"'
+
+    def is_string(self) -> bool:
+        return self.data_type.upper() in ("STRING", "VARCHAR", "TEXT")
+
+    def is_number(self) -> bool:
+        return self.data_type.upper() in ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "INTEGER", "DOUBLE")
+
+
+def render_relation(relation: Relation, dialect: str) -> str:
+    """A relation name in the SQL of `dialect`: BigQuery's backticks, double quotes elsewhere."""
+    if dialect == "bigquery":
+        return relation.render()
+    return ".".join(f'"{p}"' for p in (relation.database, relation.schema, relation.identifier) if p)
+
+
+class _RenderedRelation:
+    """A relation as dbt's Relation object: prints as its quoted name; `database`, `schema`, `identifier`,
+    `name`, `include()` and `render()`."""
+
+    def __init__(self, relation: Relation, dialect: str):
+        self.relation = relation
+        self._dialect = dialect
+
+    database = property(lambda self: self.relation.database)
+    schema = property(lambda self: self.relation.schema)
+    identifier = property(lambda self: self.relation.identifier)
+    name = property(lambda self: self.relation.identifier)
+    table = property(lambda self: self.relation.identifier)
+    is_table = True
+    is_view = False
+
+    def render(self) -> str:
+        return render_relation(self.relation, self._dialect)
+
+    def include(self, database: bool = True, schema: bool = True, identifier: bool = True) -> _RenderedRelation:
+        r = self.relation
+        return _RenderedRelation(Relation(r.database if database else None, r.schema if schema else "",
+                                          r.identifier if identifier else ""), self._dialect)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+class _Api:
+    """dbt's `api`: `api.Relation.create(...)` and `api.Column.translate_type(...)`."""
+
+    def __init__(self, dialect: str):
+        dialect_ = dialect
+
+        class RelationApi:
+            @staticmethod
+            def create(database: str | None = None, schema: str | None = None, identifier: str | None = None,
+                       type: str | None = None, **_: Any) -> _RenderedRelation:
+                return _RenderedRelation(Relation(database, schema or "", identifier or ""), dialect_)
+
+        class ColumnApi:
+            @staticmethod
+            def translate_type(name: str) -> str:
+                bq = {"string": "string", "timestamp": "timestamp", "float": "float64", "integer": "int64"}
+                other = {"string": "TEXT", "timestamp": "TIMESTAMP", "float": "FLOAT", "integer": "INT"}
+                return (bq if dialect_ == "bigquery" else other).get(name.lower(), name)
+
+            @staticmethod
+            def numeric_type(dtype: str, precision: Any, scale: Any) -> str:
+                return dtype if precision is None or scale is None else f"{dtype}({precision},{scale})"
+
+        self.Relation = RelationApi
+        self.Column = ColumnApi
+
+
+class _Config:
+    """dbt's `config`: callable as `config(...)`, plus `config.get(key, default)` and `config.require(key)`."""
+
+    def __init__(self, captured: _Captured):
+        self._captured = captured
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        if args and isinstance(args[0], dict):
+            kwargs = {**args[0], **kwargs}
+        self._captured.config = merge_configs(self._captured.config, kwargs)
+        return ""
+
+    def get(self, key: str, default: Any = None, validator: Any = None) -> Any:
+        return self._captured.config.get(key, default)
+
+    def require(self, key: str, validator: Any = None) -> Any:
+        if key not in self._captured.config:
+            raise CompileError(f"config({key!r}) is required but not set")
+        return self._captured.config[key]
+
+    def set(self, key: str, value: Any) -> str:
+        return self(**{key: value})
+
+    def persist_relation_docs(self) -> bool:
+        return False
+
+    def persist_column_docs(self) -> bool:
+        return False
+
+
+class _ModelContext(dict):  # type: ignore[type-arg]
+    """dbt's `model` (the node being rendered) as a mapping with attribute access in templates."""
+
+    def __init__(self, model: ModelFile, captured: _Captured, package: str, this: _ThisRelation):
+        super().__init__(
+            name=model.name, resource_type="model", package_name=package, path=str(model.path),
+            original_file_path=str(model.path), fqn=list(model.fqn), unique_id=f"model.{package}.{model.name}",
+            raw_code=model.raw_sql, raw_sql=model.raw_sql, description=model.description,
+            columns={k: {"name": c.name, "description": c.description, "data_type": c.data_type}
+                     for k, c in model.columns.items()},
         )
+        self._captured = captured
+        self._this = this
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == "config":
+            return self._captured.config
+        if key == "tags":
+            tags = self._captured.config.get("tags", [])
+            return [tags] if isinstance(tags, str) else list(tags)
+        if key in ("schema", "alias", "database"):
+            relation = self._this.relation
+            return {"schema": relation.schema, "alias": relation.identifier, "database": relation.database}[key]
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in ("config", "tags", "schema", "alias", "database") or super().__contains__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+class _LazyGraph(Mapping[str, Any]):
+    """dbt's `graph`: `graph.nodes` (models and seeds by unique id) and `graph.sources`, built on first use."""
+
+    def __init__(self, compiler: Compiler):
+        self._compiler = compiler
+
+    def _data(self) -> dict[str, Any]:
+        compiler = self._compiler
+        if compiler._graph is None:
+            project = compiler.project
+            nodes: dict[str, Any] = {}
+            for kind, items in (("model", project.models), ("seed", project.seeds)):
+                for name, item in items.items():
+                    package = getattr(item, "package", None) or project.name
+                    relation = compiler.node_relation(kind, name, item.config, item.fqn, str(item.path))
+                    nodes[f"{kind}.{package}.{name}"] = {
+                        "unique_id": f"{kind}.{package}.{name}", "name": name, "resource_type": kind,
+                        "package_name": package, "path": str(item.path), "original_file_path": str(item.path),
+                        "fqn": list(item.fqn), "config": dict(item.config), "tags": item.config.get("tags", []),
+                        "schema": relation.schema, "alias": relation.identifier, "database": relation.database,
+                        "description": item.description,
+                        "columns": {k: {"name": c.name, "description": c.description} for k, c in item.columns.items()},
+                        "raw_code": getattr(item, "raw_sql", ""),
+                    }
+            sources = {}
+            for (source_name, table_name), table in project.sources.items():
+                uid = f"source.{project.name}.{source_name}.{table_name}"
+                sources[uid] = {"unique_id": uid, "name": table_name, "source_name": source_name,
+                                "resource_type": "source", "schema": table.schema, "database": table.database,
+                                "identifier": table.identifier, "description": table.description,
+                                "package_name": project.name}
+            compiler._graph = {"nodes": nodes, "sources": sources, "exposures": {}, "metrics": {},
+                               "groups": {}, "semantic_models": {}, "saved_queries": {}}
+        return compiler._graph
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+class _LateNode(Node):
+    """A model whose SQL depends on the warehouse (it reads `execute`, runs `run_query` or a `statement`).
+    Its `compiled_sql` is the parse-time render (execute false) on the main thread, where artifacts are
+    written; on the runner's worker threads, when the model is built after its upstream models, it is
+    rendered again with execute true, against the target, once."""
+
+    _late: Callable[[], str] | None = None
+    _late_sql: str | None = None
+
+    @property  # type: ignore[override]
+    def compiled_sql(self) -> str:
+        import threading
+
+        if self._late is not None and threading.current_thread() is not threading.main_thread():
+            if self._late_sql is None:
+                self._late_sql = self._late()
+            return self._late_sql
+        return self.__dict__.get("_parse_sql", "")
+
+    @compiled_sql.setter
+    def compiled_sql(self, value: str) -> None:
+        self.__dict__["_parse_sql"] = value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,8 +796,12 @@ class Compiler:
         self._rendered: dict[str, tuple[str, _Captured]] = {}
         self._text_cache: dict[str | None, str | None] = {}
         self._ref_relations: dict[str, str] = {}
+        self._names: dict[tuple[Any, ...], Relation] = {}
+        self._warehouse: Any = None
+        self._graph: dict[str, Any] | None = None
+        self.dialect = written_dialect(project, target)
         enabled = partial_parse_enabled() if partial_parse is None else partial_parse
-        macro_source = _macro_source(project)
+        macro_source = _macro_source(project, self.dialect)
         self._macro_key = _digest(macro_source[0])
         context_key = _digest(
             self._macro_key,
@@ -498,6 +815,52 @@ class Compiler:
         )
         if self.renderer._macro_module is not None:
             self.cache.add_macros_ok(self._macro_key)
+        root_macros = self.renderer.registry.macros.get(project.name, {})
+        #: generate_schema_name & co. the project overrides: only those cost a macro call per node
+        self._naming = {k for k in ("generate_schema_name", "generate_alias_name", "generate_database_name")
+                        if k in root_macros}
+
+    def warehouse(self) -> Any:
+        """The target's warehouse, opened on first use (run_query, statement, adapter introspection)."""
+        if self._warehouse is None:
+            from batchflow.adapters import open_warehouse
+
+            self._warehouse = open_warehouse(self.target, self.project)
+        return self._warehouse
+
+    def sql_for_warehouse(self, sql: str) -> str:
+        """SQL written in the project's dialect as the warehouse adapters take it (BigQuery SQL, or DuckDB
+        SQL marked as such for a DuckDB target)."""
+        from batchflow import sql as sqlmod
+
+        return sqlmod.for_target(sql, self.dialect, self.target.type)
+
+    def node_relation(self, resource_type: str, name: str, config: dict[str, Any], fqn: list[str] | None = None,
+                      path: str = "") -> Relation:
+        """Where a model or seed lives: dbt's rules, or the project's generate_schema_name /
+        generate_alias_name / generate_database_name macros where it overrides them."""
+        if not self._naming:
+            return model_relation(config, name, self.target)
+        key = (resource_type, name, repr(config.get("schema")), repr(config.get("alias")),
+               repr(config.get("database") or config.get("project")))
+        found = self._names.get(key)
+        if found is None:
+            base = model_relation(config, name, self.target)
+            node = {"name": name, "resource_type": resource_type, "fqn": fqn or [name], "config": config,
+                    "path": path, "original_file_path": path, "package_name": self.project.name,
+                    "unique_id": f"{resource_type}.{self.project.name}.{name}"}
+            schema, identifier, database = base.schema, base.identifier, base.database
+            call = self.renderer.call_macro
+            if "generate_schema_name" in self._naming:
+                schema = call("generate_schema_name", config.get("schema"), node)
+            if "generate_alias_name" in self._naming:
+                identifier = call("generate_alias_name", config.get("alias"), node)
+            if "generate_database_name" in self._naming:
+                database = call("generate_database_name", config.get("database"), node) or None
+                if self.target.type == "duckdb" or database == "None":
+                    database = None
+            found = self._names[key] = Relation(database, schema, identifier)
+        return found
 
     # -- context ---------------------------------------------------------------------------------
     def _resolve_ref(self, name: str) -> str:
@@ -508,10 +871,15 @@ class Compiler:
                 return EPHEMERAL_PREFIX + name
             rendered = self._ref_relations.get(name)
             if rendered is None:  # base configs do not change while compiling
-                rendered = self._ref_relations[name] = model_relation(self._base_config(name), name, target).render()
+                model = project.models[name]
+                rendered = self._ref_relations[name] = render_relation(
+                    self.node_relation("model", name, self._base_config(name), model.fqn, str(model.path)),
+                    self.dialect)
             return rendered
         if name in project.seeds:
-            return model_relation(project.seeds[name].config, name, target).render()
+            seed = project.seeds[name]
+            return render_relation(self.node_relation("seed", name, seed.config, seed.fqn, str(seed.path)),
+                                   self.dialect)
         choices = list(project.models) + list(project.seeds)
         raise CompileError(f"ref({name!r}) names no model or seed{_suggest(name, choices)}")
 
@@ -524,8 +892,10 @@ class Compiler:
                 f"source({source_name!r}, {table_name!r}) is not declared"
                 f"{_suggest(f'{source_name}.{table_name}', choices)}"
             )
-        return source_relation(self._render_text(table.database), self._render_text(table.schema) or "",
-                               table.identifier, self.target).render()
+        return render_relation(source_relation(self._render_text(table.database),
+                                               self._render_text(table.schema) or "",
+                                               self._render_text(table.identifier) or table.identifier, self.target),
+                               self.dialect)
 
     def _reads_hold(self, reads: list[tuple[str, Any, Any]]) -> bool:
         """Whether every ref()/source()/env_var() a cached render made would return the same now."""
@@ -537,6 +907,8 @@ class Compiler:
                 elif kind == "source":
                     if self._resolve_source(*arg) != result:
                         return False
+                elif kind == "late":
+                    continue
                 elif os.environ.get(arg, _MISSING_ENV_VAR) != result:
                     return False
         except BatchflowError:
@@ -545,8 +917,10 @@ class Compiler:
 
     def _context(
         self, model: ModelFile, captured: _Captured, is_incremental: bool,
-        reads: list[tuple[str, Any, Any]] | None = None,
+        reads: list[tuple[str, Any, Any]] | None = None, executing: bool = False,
     ) -> dict[str, Any]:
+        from batchflow.jinja_context import DbtExceptions, arrow_to_table, static_context
+
         project, target = self.project, self.target
         record = reads.append if reads is not None else (lambda item: None)
 
@@ -563,12 +937,6 @@ class Compiler:
             record(("source", (source_name, table_name), result))
             return result
 
-        def config(*args: Any, **kwargs: Any) -> str:
-            if args and isinstance(args[0], dict):
-                kwargs = {**args[0], **kwargs}
-            captured.config = merge_configs(captured.config, kwargs)
-            return ""
-
         def var(name: str, default: Any = _MISSING) -> Any:
             if name in project.vars:
                 return project.vars[name]
@@ -584,20 +952,73 @@ class Compiler:
                 raise CompileError(f"env_var({name!r}) is not set and has no default")
             return default
 
-        this = _ThisRelation(lambda: model_relation(captured.config, model.name, target))
-        return {
+        results: dict[str, Any] = {}
+
+        def run_query(sql: str) -> Any:
+            captured.late = True
+            if not executing:
+                return None
+            return arrow_to_table(self.warehouse().query_arrow(self.sql_for_warehouse(str(sql))))
+
+        def statement(name: str | None = None, fetch_result: bool = False, auto_begin: bool = True,
+                      language: str = "sql", caller: Any = None) -> str:
+            captured.late = True
+            if not executing or caller is None:
+                return ""
+            sql = str(caller())
+            if fetch_result:
+                table = run_query(sql)
+                results[name or "main"] = {"response": {"rows_affected": len(table)},
+                                           "data": [tuple(r) for r in table.rows], "table": table}
+            else:
+                self.warehouse().execute(self.sql_for_warehouse(sql))
+                results[name or "main"] = {"response": {}, "data": [], "table": None}
+            return ""
+
+        def load_result(name: str) -> Any:
+            captured.late = True
+            return results.get(name)
+
+        def doc(*args: str) -> str:
+            name = args[-1]
+            docs = getattr(project, "docs", {})
+            if name not in docs:
+                raise CompileError(f"doc({name!r}): no {{% docs {name} %}} block{_suggest(name, docs)}")
+            return docs[name]
+
+        def warn(message: str) -> None:
+            import sys
+
+            sys.stderr.write(f"warning: {model.path}: {message}\n")
+
+        this = _ThisRelation(lambda: self.node_relation("model", model.name, captured.config, model.fqn,
+                                                        str(model.path)), self.dialect)
+        package = getattr(model, "package", None) or project.name
+        context = static_context()
+        context.update({
             "ref": ref,
             "source": source,
-            "config": config,
+            "config": _Config(captured),
             "var": var,
             "env_var": env_var,
             "this": this,
             "target": _target_context(target),
             "is_incremental": lambda: is_incremental,
             "project_name": project.name,
-            "model": {"name": model.name, "path": str(model.path)},
-            "log": lambda *a, **k: "",
-        }
+            "model": _ModelContext(model, captured, package, this),
+            "execute": executing,
+            "run_query": run_query,
+            "statement": statement,
+            "load_result": load_result,
+            "adapter": _Adapter(self.renderer, self, target, executing),
+            "api": _Api(self.dialect),
+            "exceptions": DbtExceptions(warn),
+            "graph": _LazyGraph(self),
+            "doc": doc,
+            "database": target.database,
+            "schema": target.schema,
+        })
+        return context
 
     def _base_config(self, name: str) -> dict[str, Any]:
         return self.project.models[name].config
@@ -614,15 +1035,26 @@ class Compiler:
         sql, captured, _ = self._render(name, is_incremental)
         return sql, captured
 
-    def _render(self, name: str, is_incremental: bool) -> tuple[str, _Captured, list[tuple[str, Any, Any]]]:
+    def _render(self, name: str, is_incremental: bool, executing: bool = False,
+                ) -> tuple[str, _Captured, list[tuple[str, Any, Any]]]:
         model = self.project.models[name]
-        captured = _Captured(model.config)
+        base = self.render_config(model.config)
+        captured = _Captured(base)
         reads: list[tuple[str, Any, Any]] = []
-        sql = self.renderer.render_fast(model, self._context(model, captured, is_incremental, reads))
+
+        def noticed(key: str) -> None:  # reading `execute` means the SQL may differ once executing
+            if key == "execute":
+                captured.late = True
+
+        sql = self.renderer.render_fast(model, self._context(model, captured, is_incremental, reads, executing),
+                                        noticed)
         if sql is None:  # needs Jinja's compiler (or failed: Jinja renders again and reports where)
-            captured = _Captured(model.config)
+            captured = _Captured(base)
             reads = []
-            sql = self.renderer.render(model, self._context(model, captured, is_incremental, reads))
+            sql = self.renderer.render(model, self._context(model, captured, is_incremental, reads, executing),
+                                       noticed)
+        if captured.late:
+            reads.append(("late", None, True))
         return sql, captured, reads
 
     def _render_cached(self, name: str) -> tuple[str, _Captured]:
@@ -633,6 +1065,7 @@ class Compiler:
         if entry is not None and self._reads_hold(entry[4]):
             captured = _Captured({})
             captured.config, captured.refs, captured.sources = entry[1], list(entry[2]), list(entry[3])
+            captured.late = any(r[0] == "late" for r in entry[4])
             self.cache.keep(key, entry, new=False)
             return entry[0], captured
         sql, captured, reads = self._render(name, is_incremental=False)
@@ -675,12 +1108,15 @@ class Compiler:
                 sample=table.sample,
             )
         for name, seed in self.project.seeds.items():
+            seed_config = self.render_config(seed.config)
+            if seed_config.get("enabled", True) is False:
+                continue  # `+enabled: "{{ var('load_source_data', false) }}"` in jaffle-shop
             nodes[name] = Node(
                 name=name,
                 resource_type="seed",
                 path=str(seed.path),
-                relation=model_relation(seed.config, name, self.target),
-                config=dict(seed.config),
+                relation=self.node_relation("seed", name, seed_config, seed.fqn, str(seed.path)),
+                config=seed_config,
                 description=seed.description,
                 columns={k: v.__dict__ for k, v in seed.columns.items()},
             )
@@ -689,11 +1125,11 @@ class Compiler:
             config = captured.config
             _check_config(model, config, checker, self.project.batch_defaults)
             deps = list(dict.fromkeys(captured.refs + [f"source:{s}.{t}" for s, t in captured.sources]))
-            nodes[name] = Node(
+            nodes[name] = (_LateNode if captured.late else Node)(
                 name=name,
                 resource_type="model",
                 path=str(model.path),
-                relation=model_relation(config, name, self.target),
+                relation=self.node_relation("model", name, config, model.fqn, str(model.path)),
                 config=config,
                 depends_on=deps,
                 raw_sql=model.raw_sql,
@@ -701,6 +1137,12 @@ class Compiler:
                 description=model.description,
                 columns={k: v.__dict__ for k, v in model.columns.items()},
             )
+        # A source that is a seed's table (jaffle-shop's `raw` schema) waits for the seed, so `build` loads
+        # the seed before the models that read it.
+        seeded = {n.relation: n.name for n in nodes.values() if n.resource_type == "seed"}
+        for node in nodes.values():
+            if node.resource_type == "source" and node.relation in seeded:
+                node.depends_on = [seeded[node.relation]]
         graph = Graph(
             {n.name: set(n.depends_on) for n in nodes.values()},
             {n.name: _node_info(n) for n in nodes.values()},
@@ -709,6 +1151,9 @@ class Compiler:
         for name in graph.topological_order():
             node = nodes[name]
             if node.resource_type == "model":
+                if isinstance(node, _LateNode):  # its parse-time SQL need not be valid: checked when built
+                    node._late = self._late_render(manifest, name)
+                    continue
                 node.compiled_sql = self.finish_sql(manifest, node, node.compiled_sql)
                 if node.materialized == "batch":
                     self._check_batch_key(node)
@@ -740,6 +1185,35 @@ class Compiler:
                     node.path, _config_line(node.raw_sql, "key"),
                 )
 
+    def _late_render(self, manifest: Manifest, name: str) -> Callable[[], str]:
+        def render() -> str:
+            sql, _, _ = self._render(name, is_incremental=False, executing=True)
+            return self.finish_sql(manifest, manifest.nodes[name], sql)
+
+        return render
+
+    def render_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A config with its Jinja values rendered (`+enabled: "{{ var('x', false) }}"`), natively as dbt
+        does: a value that is one expression keeps its type."""
+        if not any(isinstance(v, str) and "{{" in v for v in config.values()):
+            return config
+        return {k: self.render_value(v) if isinstance(v, str) and "{{" in v else v for k, v in config.items()}
+
+    def render_value(self, text: str) -> Any:
+        """One yml value rendered with target, var and env_var; `{{ x }}` alone keeps x's type."""
+        import jinja2.nativetypes
+
+        env = jinja2.nativetypes.NativeEnvironment(undefined=jinja2.StrictUndefined)
+        context = {"target": _target_context(self.target), "var": lambda n, d=None: self.project.vars.get(n, d),
+                   "env_var": lambda n, d="": os.environ.get(n, d)}
+        try:
+            value = env.from_string(text).render(context)
+        except Exception as exc:  # noqa: BLE001 - reported as a config problem
+            raise ConfigError(f"cannot render {text!r}: {exc}", self.project.project_file) from None
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        return value
+
     def _render_text(self, text: str | None) -> str | None:
         """Render Jinja in a yml value such as `schema: "{{ target.schema }}"`."""
         if not text or "{{" not in text:
@@ -747,7 +1221,8 @@ class Compiler:
         if text in self._text_cache:  # one render per distinct text, not one per source() call
             return self._text_cache[text]
         env_context = {"target": _target_context(self.target), "var": lambda n, d=None: self.project.vars.get(n, d),
-                       "env_var": lambda n, d="": os.environ.get(n, d)}
+                       "env_var": lambda n, d="": os.environ.get(n, d),
+                       "doc": lambda *a: getattr(self.project, "docs", {}).get(a[-1], "")}
         pieces = simple_template(text)
         rendered = render_simple(pieces, env_context) if pieces is not None else None
         if rendered is None:
@@ -758,12 +1233,22 @@ class Compiler:
 
     def finish_sql(self, manifest: Manifest, node: Node, sql: str) -> str:
         """Parse rendered SQL (errors name the source file and line) and inline ephemeral refs."""
-        sql_key = _digest("parse", sql)
+        sql_key = _digest("parse", self.dialect, sql)
         if not self.cache.parsed_ok(sql_key):
             from batchflow import sql as sqlmod
 
-            sqlmod.parse_bigquery(sql, path=node.path, raw_source=node.raw_sql)
+            sqlmod.parse_one(sql, self.dialect, path=node.path, raw_source=node.raw_sql)
             self.cache.add_parsed(sql_key)
+        if self.dialect != "bigquery":  # the written dialect, as the warehouse takes it (see sql.for_target)
+            key = _digest("target", self.dialect, self.target.type, node.materialized, sql)
+            done = self.cache.cte_result(key)
+            if done is None:
+                from batchflow import sql as sqlmod
+
+                done = sqlmod.for_target(_strip_semicolon(sql), self.dialect,
+                                         self.target.type if node.materialized != "batch" else "bigquery")
+                self.cache.add_cte_result(key, done)
+            sql = done
         ephemerals = _ephemeral_chain(manifest, node)
         if not ephemerals:
             return sql
@@ -813,7 +1298,8 @@ def inline_unbuilt(manifest: Manifest, name: str, exists: Callable[[Node], bool]
 
     def swap(sql: str) -> str:
         for dep, upstream in chain.items():
-            sql = sql.replace(upstream.relation.render(), UNBUILT_PREFIX + dep)
+            for dialect in ("bigquery", "duckdb"):
+                sql = sql.replace(render_relation(upstream.relation, dialect), UNBUILT_PREFIX + dep)
         return _strip_semicolon(sql)
 
     sql = swap(manifest.nodes[name].compiled_sql)
@@ -841,6 +1327,9 @@ def _target_context(target: Target) -> dict[str, Any]:
         "project": target.database,
         "threads": target.threads,
         "profile_name": target.profile,
+        "target_name": target.name,
+        "location": target.settings.get("location"),
+        "path": target.settings.get("path"),
     }
 
 

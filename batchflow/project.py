@@ -46,6 +46,7 @@ class ModelFile:
     yml_path: Path | None = None  # the yml file that documents this model, if any
     yml_line: int | None = None  # line of the model's entry in yml_path
     tests: list[Any] = field(default_factory=list)  # model-level data tests of the yml entry
+    package: str | None = None  # the dbt package it comes from (None: the project itself)
 
 
 @dataclass
@@ -98,6 +99,11 @@ class Project:
     key_lines: dict[str, int] = field(default_factory=dict)  # line of each top-level key of project_file
     #: problems that do not stop the command: dbt keys batchflow ignores, config paths matching nothing, ...
     warnings: list[ConfigWarning] = field(default_factory=list)
+    dialect: str | None = None  # the SQL dialect the models are written in (`dialect:`; None: not set)
+    dispatch: list[dict[str, Any]] = field(default_factory=list)  # dbt's `dispatch:` search orders
+    packages: list[Any] = field(default_factory=list)  # batchflow.packages.Package, in load order
+    package_macro_files: list[tuple[str, Path]] = field(default_factory=list)  # (package name, macro file)
+    docs: dict[str, str] = field(default_factory=dict)  # `{% docs name %}` blocks of the docs folders
 
 
 @dataclass
@@ -483,9 +489,8 @@ def _config_level(value: Any, path: Path, line: int | None, checker: SettingsChe
             name, prefix = key, ""
         if checker is not None:
             checker.section(section, {name: child}, path, key_line, prefix=prefix)
-            if _unchecked(child) and "{{" in child:
-                checker.warn(f"`{key}` holds Jinja, which batchflow does not render in the project file: "
-                             f"the value is the text {child!r}", path, key_line, name)
+        # A Jinja value (`+enabled: "{{ var('load_source_data', false) }}"`) is rendered by the compiler,
+        # which knows the target, natively as dbt renders it.
         level.configs[name] = to_plain(child)
     return level
 
@@ -546,8 +551,39 @@ def _project_name(data: LineDict, path: Path) -> str:
     return name
 
 
-def _path_list(data: LineDict, key: str, default: str, path: Path) -> list[str]:
-    value = data.get(key, [default])
+_NO_DEFAULT_SETTING = object()
+
+
+def render_setting(value: Any, project_vars: dict[str, Any], path: Path | None = None,
+                   line: int | None = None) -> Any:
+    """A project-file value holding Jinja, rendered with var() and env_var() as dbt renders
+    dbt_project.yml (natively: `{{ [..] }}` alone stays a list); lists are rendered item by item."""
+    if isinstance(value, list):
+        return [render_setting(v, project_vars, path, line) for v in value]
+    if not isinstance(value, str) or "{{" not in value and "{%" not in value:
+        return value
+    import jinja2
+    import jinja2.nativetypes
+
+    env = jinja2.nativetypes.NativeEnvironment(undefined=jinja2.StrictUndefined)
+    context = {"var": lambda n, d=None: project_vars.get(n, d), "env_var": _env_var_strict}
+    try:
+        return env.from_string(value).render(context)
+    except Exception as exc:  # noqa: BLE001 - any failure is a config problem at the key's line
+        raise ConfigError(f"cannot render {value!r}: {exc}", path, line) from None
+
+
+def _env_var_strict(name: str, default: Any = _NO_DEFAULT_SETTING) -> Any:
+    if name in os.environ:
+        return os.environ[name]
+    if default is _NO_DEFAULT_SETTING:
+        raise ConfigError(f"env_var({name!r}) is not set and has no default")
+    return default
+
+
+def _path_list(data: LineDict, key: str, default: str, path: Path, project_vars: dict[str, Any] | None = None,
+               ) -> list[str]:
+    value = render_setting(data.get(key, [default]), project_vars or {}, path, data.key_line(key))
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
         raise ConfigError(f"`{key}:` must be a folder name or a list of folder names", path, data.key_line(key))
@@ -635,6 +671,18 @@ class _ProjectLoader:
                 fqn=fqn,
                 config=_resolve_config(tree, fqn),
             )
+
+    def load_package_models(self, package: Any, tree: _ConfigLevel) -> None:
+        """A package's models (fqn starts with the package name, so `models: <package>:` configures them)."""
+        for abs_path, sub in _discover(package.root, package.model_paths, (".sql",)):
+            name = abs_path.stem
+            if name in self.models:
+                raise ConfigError(f"model {name!r} of package {package.name} has the same name as "
+                                  f"{self.models[name].path}", abs_path, 1)
+            fqn = [package.name, *sub, name]
+            self.models[name] = ModelFile(name=name, path=_rel(self.root, abs_path), abs_path=abs_path,
+                                          raw_sql=_read_text(abs_path), fqn=fqn, config=_resolve_config(tree, fqn),
+                                          package=package.name)
 
     def load_seeds(self, folders: list[str], tree: _ConfigLevel) -> None:
         for abs_path, sub in _discover(self.root, folders, (".csv",)):
@@ -886,11 +934,12 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
     project_file, data = _read_project_file(root, checker)
     name = _project_name(data, project_file)
     profile = _name_setting(data, "profile", name, "a profile name", project_file)
-    target_path = _name_setting(data, "target-path", "target", "a folder name", project_file)
-    model_paths = _path_list(data, "model-paths", "models", project_file)
-    seed_paths = _path_list(data, "seed-paths", "seeds", project_file)
-    macro_paths = _path_list(data, "macro-paths", "macros", project_file)
     project_vars = _project_vars(data, name, cli_vars, project_file)
+    target_path = str(render_setting(_name_setting(data, "target-path", "target", "a folder name", project_file),
+                                     project_vars, project_file, data.key_line("target-path")))
+    model_paths = _path_list(data, "model-paths", "models", project_file, project_vars)
+    seed_paths = _path_list(data, "seed-paths", "seeds", project_file, project_vars)
+    macro_paths = _path_list(data, "macro-paths", "macros", project_file, project_vars)
     batch_defaults = _mapping(data.get("batch"), "`batch:`", project_file, data.key_line("batch"))
     trees = {
         block: _config_level(data.get(block), project_file, data.key_line(block), checker, f"{block[:-1]}_config")
@@ -905,12 +954,35 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
     loader = _ProjectLoader(root, name, project_file, yml_cache, checker,
                             macro_paths + ([test_paths] if isinstance(test_paths, str) else list(test_paths)))
     loader.load_models(model_paths, trees["models"])
+    from batchflow.packages import load_packages
+
+    install_path = str(render_setting(data.get("packages-install-path") or "dbt_packages", project_vars))
+    packages = [p for p in load_packages(root, install_path) if p.name != name]
+    package_macros: list[tuple[str, Path]] = []
+    for package in packages:
+        package_macros += [(package.name, f) for f in _macro_files(package.root, package.macro_paths)]
+        for var_name, value in package.vars.items():  # a package's own defaults, under the project's
+            project_vars.setdefault(var_name, value)
+        loader.load_package_models(package, trees["models"])
     loader.load_seeds(seed_paths, trees["seeds"])
     # Property files live next to models (dbt also reads seed properties from the seed folders).
     for yml_path, _ in _discover(root, model_paths + seed_paths, (".yml", ".yaml")):
         loader.apply_yml(yml_path)
     yml_cache.save()
+    docs: dict[str, str] = {}
+    docs_paths = render_setting(data.get("docs-paths") or model_paths, project_vars)
+    for md_path, _ in _discover(root, [docs_paths] if isinstance(docs_paths, str) else list(docs_paths), (".md",)):
+        from batchflow.jinja_context import docs_blocks
+
+        docs.update(docs_blocks(_read_text(md_path)))
+    dialect = data.get("dialect")
+    dispatch = to_plain(data.get("dispatch") or [])
     return Project(
+        dialect=None if dialect is None else str(dialect),
+        dispatch=dispatch,
+        packages=packages,
+        package_macro_files=package_macros,
+        docs=docs,
         name=name,
         root=root,
         project_file=project_file,

@@ -166,6 +166,13 @@ class ProjectFile(_Section):
     models: dict[str, Any] = _f({}, "folder configs: `<project>: <folder>: +<model config key>: value`")
     seeds: dict[str, Any] = _f({}, "folder configs for seeds, as under `models:`")
     batch: ProjectBatch = _f({}, "defaults for every batch model, `prices:` and per-run limits")
+    dialect: Literal["bigquery", "duckdb", "postgres", "snowflake", "redshift", "databricks", "spark", "trino"] = _f(
+        "bigquery", "SQL dialect the models are written in: sqlglot transpiles it to the target's; "
+        "`adapter.dispatch` and the `dbt.*` macros render for it (a target's `dialect:` applies when this is unset)")
+    dispatch: list[dict[str, Any]] = _f([], "macro search order per namespace: `- macro_namespace: dbt_utils` "
+                                        "`search_order: [my_project, dbt_utils]`")
+    packages_install_path: str | None = _f("dbt_packages", "folder where `batchflow deps` installs packages",
+                                    alias="packages-install-path")
 
 
 class ModelConfig(BatchModelConfig):
@@ -293,6 +300,9 @@ class _Target(_Section):
     type: Literal["duckdb", "bigquery"] = _f(..., "warehouse of this target")
     threads: int = _f(4, "models built at once", ge=1)
     batch: dict[str, Any] = _f({}, "batch backend of this target (see the local/vertex sections)")
+    dialect: Literal["bigquery", "duckdb", "postgres", "snowflake", "redshift", "databricks", "spark",
+                     "trino"] | None = _f(None, "SQL dialect of the project's models when its project file has no "
+                                          "`dialect:` (a dbt project is written for its profile's adapter)")
 
 
 class DuckDBTarget(_Target):
@@ -462,9 +472,11 @@ DBT_KEYS: dict[str, dict[str, str]] = {
     "project": {
         "test-paths": "singular tests in these folders are not run", "analysis-paths": _NOT_RUN,
         "snapshot-paths": "snapshots are not built", "docs-paths": _DOCS_ONLY, "asset-paths": _DOCS_ONLY,
-        "packages-install-path": "packages are not installed or loaded", "flags": "dbt behaviour flags",
+        "flags": "dbt behaviour flags",
+        "source-paths": "dbt < 1.0 name of model-paths: not read, use model-paths",
+        "data-paths": "dbt < 1.0 name of seed-paths: not read, use seed-paths",
         "quoting": "identifiers are always quoted", "on-run-start": _HOOKS, "on-run-end": _HOOKS,
-        "query-comment": "no query comment is added", "dispatch": "macro dispatch search order is not configurable",
+        "query-comment": "no query comment is added",
         "tests": "test configs are not applied", "data_tests": "test configs are not applied",
         "sources": "source configs are not applied", "snapshots": "snapshots are not built",
         "analyses": _NOT_RUN, "metrics": "the semantic layer is not supported",

@@ -25,10 +25,55 @@ _DUCK = "duckdb"
 # --- parsing ----------------------------------------------------------------------------------------
 
 
+#: The first line of SQL written in another dialect that a warehouse adapter runs as it is (a DuckDB-flavoured
+#: model on the DuckDB target): `to_duckdb` passes it through, `add_ctes` and `parse_bigquery` read it in its
+#: dialect. Everything else batchflow hands a warehouse is BigQuery SQL.
+DIALECT_MARK = "/* batchflow:dialect={} */\n"
+_MARK_RE = re.compile(r"^/\* batchflow:dialect=(\w+) \*/\n")
+
+
+def mark_dialect(sql: str, dialect: str) -> str:
+    """`sql` tagged as written in `dialect` (a no-op for BigQuery)."""
+    return sql if dialect == _BQ else DIALECT_MARK.format(dialect) + sql
+
+
+def sql_dialect(sql: str) -> tuple[str, str]:
+    """(dialect, body) of SQL that may carry a DIALECT_MARK."""
+    found = _MARK_RE.match(sql)
+    return (found.group(1), sql[found.end():]) if found else (_BQ, sql)
+
+
+def transpile_one(sql: str, read: str, write: str) -> str:
+    """One statement from dialect `read` to `write` (sqlglot; comments kept)."""
+    if read == write:
+        return sql
+    return parse_one(sql, read).sql(dialect=write)
+
+
+def for_target(sql: str, dialect: str, target_type: str) -> str:
+    """SQL written in `dialect` as a warehouse adapter of `target_type` takes it: marked and untouched when
+    the target speaks that dialect (no round trip through BigQuery), else transpiled to BigQuery SQL (the
+    DuckDB adapter transpiles that on)."""
+    if dialect == _BQ:
+        return sql
+    if dialect == target_type:
+        return mark_dialect(sql, dialect)
+    return transpile_one(sql, dialect, _BQ)
+
+
 def parse_bigquery(
     sql: str, *, path: str | Path | None = None, raw_source: str | None = None
 ) -> exp.Expression:
-    """Parse exactly one BigQuery statement (a trailing semicolon is fine).
+    """Parse exactly one BigQuery statement (a trailing semicolon is fine); SQL carrying a DIALECT_MARK
+    is parsed in its dialect."""
+    dialect, body = sql_dialect(sql)
+    return parse_one(body, dialect, path=path, raw_source=raw_source)
+
+
+def parse_one(
+    sql: str, dialect: str = _BQ, *, path: str | Path | None = None, raw_source: str | None = None
+) -> exp.Expression:
+    """Parse exactly one statement of `dialect` (a trailing semicolon is fine).
 
     `raw_source` is the Jinja template `sql` was rendered from: error lines are mapped back to it, so
     the user is pointed at the line they wrote rather than a line of the compiled SQL.
@@ -42,7 +87,7 @@ def parse_bigquery(
 
     try:
         statements = [
-            s for s in sqlglot.parse(sql, read=_BQ) if s is not None and not isinstance(s, exp.Semicolon)
+            s for s in sqlglot.parse(sql, read=dialect) if s is not None and not isinstance(s, exp.Semicolon)
         ]
     except ParseError as e:
         info = e.errors[0] if e.errors else {}
@@ -60,15 +105,15 @@ def parse_bigquery(
     if len(statements) > 1:
         raise fail(
             f"expected one SQL statement, found {len(statements)} (a model is a single SELECT query)",
-            _second_statement_line(sql),
+            _second_statement_line(sql, dialect),
         )
     return statements[0]
 
 
-def _second_statement_line(sql: str) -> int | None:
+def _second_statement_line(sql: str, dialect: str = _BQ) -> int | None:
     """Line (in `sql`) where the second statement starts."""
     after_semicolon = False
-    for token in sqlglot.Dialect.get_or_raise(_BQ).tokenize(sql):
+    for token in sqlglot.Dialect.get_or_raise(dialect).tokenize(sql):
         if token.token_type == sqlglot.TokenType.SEMICOLON:
             after_semicolon = True
         elif after_semicolon:
@@ -211,6 +256,7 @@ def add_ctes(sql: str, ctes: list[tuple[str, str]]) -> str:
     """
     if not ctes:
         return sql
+    dialect, _ = sql_dialect(sql)  # marked SQL stays in its dialect; each CTE is read in its own
     query = parse_bigquery(sql)
     if not isinstance(query, exp.Query):
         raise CompileError("CTEs can only be added to a query (SELECT / WITH)")
@@ -228,7 +274,7 @@ def add_ctes(sql: str, ctes: list[tuple[str, str]]) -> str:
         existing.set("expressions", new + list(existing.expressions))
     else:
         query.set("with_", exp.With(expressions=new))
-    return query.sql(dialect=_BQ)
+    return mark_dialect(query.sql(dialect=dialect), dialect)
 
 
 # --- BigQuery -> DuckDB -----------------------------------------------------------------------------
@@ -253,6 +299,12 @@ def to_duckdb(sql: str | exp.Expression) -> str:
     - EXTRACT(DAYOFWEEK ...) + 1 (BigQuery counts Sunday as 1, DuckDB as 0)
     - FORMAT_TIMESTAMP: %E<n>S / %E*S / %Ez / %Z format elements, and the time zone argument
     """
+    if isinstance(sql, str):
+        dialect, body = sql_dialect(sql)
+        if dialect == _DUCK:
+            return body  # written for DuckDB: run as written
+        if dialect != _BQ:
+            sql = transpile_one(body, dialect, _BQ)
     statements = [sql] if isinstance(sql, exp.Expression) else sqlglot.parse(sql, read=_BQ)
     out = []
     for statement in statements:

@@ -176,9 +176,10 @@ def test_unknown_top_level_key_is_an_error_with_line_and_suggestion(tmp_path: Pa
 def test_every_dbt_only_key_loads_with_a_warning_naming_it(tmp_path: Path) -> None:
     inert = ["version", "config-version", "clean-targets", "require-dbt-version", "log-path", "dbt-cloud"]
     keys = [
-        "test-paths", "analysis-paths", "snapshot-paths", "packages-install-path", "docs-paths", "asset-paths",
-        "flags", "quoting", "on-run-start", "on-run-end", "query-comment", "dispatch", "tests", "data_tests",
+        "test-paths", "analysis-paths", "snapshot-paths", "docs-paths", "asset-paths",
+        "flags", "quoting", "on-run-start", "on-run-end", "query-comment", "tests", "data_tests",
         "sources", "snapshots", "analyses", "metrics", "semantic-models", "saved-queries", "exposures",
+        "source-paths", "data-paths",  # dbt < 1.0 names: dbt warns, so do we
     ]
     root = project(tmp_path, "name: demo\n" + "".join(f"{k}: null\n" for k in inert + keys))
     p = load_project(root)
