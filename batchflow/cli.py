@@ -129,6 +129,15 @@ SELECTION = (SELECT, EXCLUDE, VARS)
 RUN_OPTIONS = (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT, DRY_RUN, NO_WAIT, RETRY_FAILED, RESUBMIT)
 JOB = Opt("job", (), "Job key or job name (see `batchflow jobs list`).", required=True, metavar="JOB")
 
+
+def _deps(project_dir: Path) -> None:
+    """`batchflow deps`: batchflow.packages.deps does the work; this prints what it installed."""
+    from batchflow.packages import deps
+
+    for item in deps(project_dir):
+        print(f"{item.how} {item.name} ({item.spec}) -> {item.folder}")
+
+
 # In dbt's order: init, debug, (deps), seed, compile, ls, show, run, build, test, retry, docs, jobs.
 COMMANDS: tuple[Command, ...] = (
     Command("init", "Write a starter project (source sample, staging, batch and flatten models, a yml test, "
@@ -141,6 +150,8 @@ COMMANDS: tuple[Command, ...] = (
             ), "_init"),
     Command("debug", "Check the project, the profile, the warehouse connection and the batch backend.",
             CONNECTION, "_debug"),
+    Command("deps", "Install the packages of packages.yml / dependencies.yml (`local:` and `git:` entries) into "
+            "dbt_packages/.", (PROJECT_DIR,), "_deps"),
     Command("seed", "Load the selected seed CSVs into tables (`run` and `build` also load missing or changed "
             "seeds).", (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT), "_seed"),
     Command("compile", "Render and parse every model; write target/compiled/ and target/manifest.json. Runs "

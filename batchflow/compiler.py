@@ -1088,11 +1088,32 @@ class Compiler:
             hit = next((r for r in captured.refs if r in disabled), None)
             if hit:
                 raise CompileError(f"ref({hit!r}) points at a disabled model", self.project.models[name].path)
-        # Second pass only for models that ref an ephemeral (its name was unknown during pass 1).
+        # A config(schema=/alias=/database=) in a model file moves it: refs to it, rendered from base
+        # configs in pass 1, must point at where it is built.
+        moved = set()
+        for name, (_, captured) in self._rendered.items():
+            if any(k in captured.config for k in ("schema", "alias", "database", "project")):
+                model = self.project.models[name]
+                where = render_relation(self.node_relation("model", name, captured.config, model.fqn,
+                                                           str(model.path)), self.dialect)
+                if self._resolve_ref(name) != where and self._materialized(name) != "ephemeral":
+                    self._ref_relations[name] = where
+                    moved.add(name)
+        # Second pass only for models that ref an ephemeral (its name was unknown during pass 1) or a moved one.
         for name, (_, captured) in list(self._rendered.items()):
-            if any(self._materialized(r) == "ephemeral" for r in captured.refs if r in self.project.models):
+            if any(r in moved or self._materialized(r) == "ephemeral" for r in captured.refs
+                   if r in self.project.models):
                 self._rendered[name] = self._render_cached(name)
 
+        custom = self.renderer.registry.materializations
+        for name, (_, captured) in self._rendered.items():
+            materialized = captured.config.get("materialized")
+            if materialized in custom and materialized not in MATERIALIZATIONS:
+                where = self.renderer._display(custom[materialized].path)
+                raise ConfigError(f"custom materialization {materialized!r} ({where}) is not supported by "
+                                  f"batchflow; use one of {', '.join(MATERIALIZATIONS)}",
+                                  self.project.models[name].path,
+                                  _config_line(self.project.models[name].raw_sql, "materialized"))
         nodes: dict[str, Node] = {}
         checker = SettingsChecker()
         for (source_name, table_name), table in self.project.sources.items():
@@ -1102,8 +1123,8 @@ class Compiler:
                 resource_type="source",
                 path=str(table.yml_path.relative_to(self.project.root)) if table.yml_path else "",
                 relation=source_relation(self._render_text(table.database), self._render_text(table.schema) or "",
-                                         table.identifier, self.target),
-                description=table.description,
+                                         self._render_text(table.identifier) or table.identifier, self.target),
+                description=self._render_text(table.description) or "",
                 columns={k: v.__dict__ for k, v in table.columns.items()},
                 sample=table.sample,
             )
@@ -1117,7 +1138,7 @@ class Compiler:
                 path=str(seed.path),
                 relation=self.node_relation("seed", name, seed_config, seed.fqn, str(seed.path)),
                 config=seed_config,
-                description=seed.description,
+                description=self._render_text(seed.description) or "",
                 columns={k: v.__dict__ for k, v in seed.columns.items()},
             )
         for name, (sql, captured) in self._rendered.items():
@@ -1134,7 +1155,7 @@ class Compiler:
                 depends_on=deps,
                 raw_sql=model.raw_sql,
                 compiled_sql=sql,
-                description=model.description,
+                description=self._render_text(model.description) or "",
                 columns={k: v.__dict__ for k, v in model.columns.items()},
             )
         # A source that is a seed's table (jaffle-shop's `raw` schema) waits for the seed, so `build` loads
@@ -1195,9 +1216,23 @@ class Compiler:
     def render_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """A config with its Jinja values rendered (`+enabled: "{{ var('x', false) }}"`), natively as dbt
         does: a value that is one expression keeps its type."""
-        if not any(isinstance(v, str) and "{{" in v for v in config.values()):
+        def jinja(v: Any) -> bool:
+            return isinstance(v, str) and "{{" in v
+
+        if not any(jinja(v) or isinstance(v, list) and any(map(jinja, v)) for v in config.values()):
             return config
-        return {k: self.render_value(v) if isinstance(v, str) and "{{" in v else v for k, v in config.items()}
+        rendered: dict[str, Any] = {}
+        for key, value in config.items():
+            if jinja(value):
+                value = self.render_value(value)
+            elif isinstance(value, list):  # tags accumulate as lists: `+tags: "{{ [...] }}"` is an item
+                items: list[Any] = []
+                for item in value:
+                    done = self.render_value(item) if jinja(item) else item
+                    items.extend(done if isinstance(done, list) else [done])
+                value = items
+            rendered[key] = value
+        return rendered
 
     def render_value(self, text: str) -> Any:
         """One yml value rendered with target, var and env_var; `{{ x }}` alone keeps x's type."""
