@@ -105,7 +105,8 @@ def main() -> int:
             subprocess.run([args.dbt, *command, *env_args], check=True)
         version = subprocess.run([args.dbt, "--version"], capture_output=True, text=True).stdout
         figures = table_figures(Path(tmp) / "dbt.duckdb", ["main", "raw"])
-    record = {"dbt_version": [line.strip() for line in version.splitlines() if "installed" in line or ":" in line][:4], "date_dependent": sorted(DATE_DEPENDENT),
+    versions = [line.strip() for line in version.splitlines() if "installed" in line or "duckdb:" in line]
+    record = {"dbt_version": versions, "date_dependent": sorted(DATE_DEPENDENT),
               "tables": figures}
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     if args.write:
