@@ -86,6 +86,8 @@ class Manifest:
     graph: Graph
     #: every configuration warning of this compile: the project's, the target's, then those of config() calls
     warnings: list[ConfigWarning] = field(default_factory=list)
+    #: models that failed to render or parse, with their error (compile(keep_going=True) only)
+    errors: dict[str, BatchflowError] = field(default_factory=dict)
 
     def node(self, name: str) -> Node:
         """A node by name; a missing name is a usage error with a suggestion."""
@@ -606,6 +608,32 @@ class _LazyGraph(Mapping[str, Any]):
         return len(self._data())
 
 
+def _fields(node: Node) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(node, f.name) for f in dataclasses.fields(Node)}
+
+
+class _BrokenNode(Node):
+    """A model that failed to render or parse (compile(keep_going=True)): listing and selecting it works;
+    building it raises its error on the runner's threads, so it fails alone and what depends on it is
+    skipped. On the main thread (artifacts) its SQL is a comment naming the error."""
+
+    error: BatchflowError | None = None
+
+    @property  # type: ignore[override]
+    def compiled_sql(self) -> str:
+        import threading
+
+        if self.error is not None and threading.current_thread() is not threading.main_thread():
+            raise self.error
+        return f"-- not compiled: {self.error}\n"
+
+    @compiled_sql.setter
+    def compiled_sql(self, value: str) -> None:
+        pass
+
+
 class _LateNode(Node):
     """A model whose SQL depends on the warehouse (it reads `execute`, runs `run_query` or a `statement`).
     Its `compiled_sql` is the parse-time render (execute false) on the main thread, where artifacts are
@@ -1073,13 +1101,27 @@ class Compiler:
         self.cache.keep(key, entry, new=True)
         return sql, captured
 
-    def compile(self) -> Manifest:
-        """Render and parse every model; build the graph; inline ephemeral models."""
+    def compile(self, keep_going: bool = False) -> Manifest:
+        """Render and parse every model; build the graph; inline ephemeral models. The first model that
+        fails to render or parse raises, unless `keep_going`: then each failure stays with its model
+        (`Manifest.errors`; building it raises the error, what depends on it is skipped), as in dbt."""
         self._rendered = {}
+        self._errors: dict[str, BatchflowError] = {}
+
+        def attempt(name: str, step: Callable[[], Any]) -> Any:
+            try:
+                return step()
+            except BatchflowError as exc:
+                if not keep_going:
+                    raise
+                self._errors.setdefault(name, exc)
+                return None
+
         # Materialization of a ref'd model may be set by its own config() call: render the
         # ephemeral candidates' configs first by rendering in two passes (cheap: no SQL parsing).
         for name in self.project.models:
-            self._rendered[name] = self._render_cached(name)
+            self._rendered[name] = attempt(name, lambda: self._render_cached(name)) or (
+                "", _Captured(self.project.models[name].config))
         # Disabled models (config enabled=false) disappear, as in dbt; a ref to one is an error.
         disabled = [n for n, (_, c) in self._rendered.items() if c.config.get("enabled", True) is False]
         for name in disabled:
@@ -1087,7 +1129,8 @@ class Compiler:
         for name, (_, captured) in self._rendered.items():
             hit = next((r for r in captured.refs if r in disabled), None)
             if hit:
-                raise CompileError(f"ref({hit!r}) points at a disabled model", self.project.models[name].path)
+                error = CompileError(f"ref({hit!r}) points at a disabled model", self.project.models[name].path)
+                attempt(name, lambda: (_ for _ in ()).throw(error))
         # A config(schema=/alias=/database=) in a model file moves it: refs to it, rendered from base
         # configs in pass 1, must point at where it is built.
         moved = set()
@@ -1101,9 +1144,9 @@ class Compiler:
                     moved.add(name)
         # Second pass only for models that ref an ephemeral (its name was unknown during pass 1) or a moved one.
         for name, (_, captured) in list(self._rendered.items()):
-            if any(r in moved or self._materialized(r) == "ephemeral" for r in captured.refs
-                   if r in self.project.models):
-                self._rendered[name] = self._render_cached(name)
+            if name not in self._errors and any(r in moved or self._materialized(r) == "ephemeral"
+                                                for r in captured.refs if r in self.project.models):
+                self._rendered[name] = attempt(name, lambda: self._render_cached(name)) or self._rendered[name]
 
         custom = self.renderer.registry.materializations
         for name, (_, captured) in self._rendered.items():
@@ -1144,9 +1187,11 @@ class Compiler:
         for name, (sql, captured) in self._rendered.items():
             model = self.project.models[name]
             config = captured.config
-            _check_config(model, config, checker, self.project.batch_defaults)
+            if name not in self._errors:
+                attempt(name, lambda: _check_config(model, config, checker, self.project.batch_defaults))
             deps = list(dict.fromkeys(captured.refs + [f"source:{s}.{t}" for s, t in captured.sources]))
-            nodes[name] = (_LateNode if captured.late else Node)(
+            kind = _BrokenNode if name in self._errors else _LateNode if captured.late else Node
+            nodes[name] = kind(
                 name=name,
                 resource_type="model",
                 path=str(model.path),
@@ -1175,9 +1220,26 @@ class Compiler:
                 if isinstance(node, _LateNode):  # its parse-time SQL need not be valid: checked when built
                     node._late = self._late_render(manifest, name)
                     continue
-                node.compiled_sql = self.finish_sql(manifest, node, node.compiled_sql)
-                if node.materialized == "batch":
-                    self._check_batch_key(node)
+                if name in self._errors:
+                    continue
+                if any(d in self._errors and nodes[d].materialized == "ephemeral" for d in node.depends_on):
+                    self._errors[name] = CompileError(f"inlines ephemeral model(s) that failed to compile: "
+                                                      f"{', '.join(d for d in node.depends_on if d in self._errors)}",
+                                                      node.path)
+                    nodes[name] = manifest.nodes[name] = _BrokenNode(**_fields(node))
+                    continue
+
+                def finish(node: Node = node) -> None:
+                    node.compiled_sql = self.finish_sql(manifest, node, node.compiled_sql)
+                    if node.materialized == "batch":
+                        self._check_batch_key(node)
+
+                if attempt(name, lambda: finish() or True) is None:
+                    nodes[name] = manifest.nodes[name] = _BrokenNode(**_fields(node))
+        for name, node in nodes.items():
+            if isinstance(node, _BrokenNode):
+                node.error = self._errors[name]
+        manifest.errors = dict(self._errors)
         self.cache.save()
         known = {w.key for w in self.project.warnings}
         manifest.warnings = [*self.project.warnings, *self.target.warnings,

@@ -164,3 +164,31 @@ def test_deps_command_installs_and_reports(tmp_path: Path) -> None:
     broken = make(tmp_path / "q", {"packages.yml": f"packages:\n  - git: file://{tmp_path}/none.git\n"})
     result = cli(broken, "deps")
     assert result.returncode == 2 and "could not be cloned" in result.stderr
+
+
+def test_failures_stay_with_their_model_when_keep_going(tmp_path: Path) -> None:
+    from batchflow.adapters import open_warehouse
+    from batchflow.runner import RunOptions, Runner, SilentReporter
+
+    root = make(tmp_path / "p", {
+        "models/bad.sql": "select {{ not_a_macro() }}",
+        "models/unparsable.sql": "select from from",
+        "models/child.sql": "select * from {{ ref('bad') }}",
+        "models/good.sql": "{{ config(materialized='table') }} select 1 as x"})
+    project = load_project(root)
+    target = load_profile(project, root)
+    with pytest.raises(BatchflowError, match="bad.sql"):  # the default stays strict
+        Compiler(project, target, partial_parse=False).compile()
+    compiler = Compiler(project, target, partial_parse=False)
+    manifest = compiler.compile(keep_going=True)
+    assert sorted(manifest.errors) == ["bad", "unparsable"]
+    assert manifest.errors["unparsable"].path == "models/unparsable.sql"
+    assert manifest.nodes["child"].depends_on == ["bad"] and "not compiled" in manifest.nodes["bad"].compiled_sql
+    warehouse = open_warehouse(target, project)
+    try:
+        results = Runner(manifest, compiler, warehouse, lambda: None, SilentReporter(),  # type: ignore[arg-type]
+                         RunOptions(threads=2)).run(set(project.models))
+    finally:
+        warehouse.close()
+    status = {r.name: r.status for r in results}
+    assert status == {"bad": "error", "unparsable": "error", "child": "skipped", "good": "success"}
