@@ -52,6 +52,13 @@ class Interrupt:
 NEVER = Interrupt()  # for callers that never stop early
 
 
+def block_signals_in_this_thread() -> None:
+    """For worker threads (a ThreadPoolExecutor initializer): SIGINT and SIGTERM then reach the main
+    thread, whose handler runs at once, instead of a worker, where CPython would only flag them for the
+    main thread's next wake-up while the workers go on submitting. Threads a worker starts inherit it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @contextmanager
 def handle_signals(interrupt: Interrupt, on_first: "callable | None" = None) -> Iterator[Interrupt]:  # type: ignore[valid-type]
     """Route SIGINT and SIGTERM to `interrupt` while the block runs (main thread only). The first signal

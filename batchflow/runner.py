@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 from batchflow.batch.base import BatchBackend
 from batchflow.compiler import Compiler, Manifest, Node, inline_unbuilt
 from batchflow.errors import BatchflowError
-from batchflow.interrupt import Interrupt
+from batchflow.interrupt import Interrupt, block_signals_in_this_thread
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
 from batchflow.lifecycle import BatchLifecycle, BatchProgress, RunFlags
@@ -154,7 +154,7 @@ class Runner:
         index = {n: i + 1 for i, n in enumerate(order)}
         running: dict[Future[NodeResult], str] = {}
         remaining = list(order)
-        with ThreadPoolExecutor(max_workers=max(1, self.options.threads)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, self.options.threads), initializer=block_signals_in_this_thread) as pool:
             while remaining or running:
                 for name in list(remaining):
                     if any(d not in results for d in deps[name]):

@@ -330,3 +330,28 @@ def test_the_readme_table_of_job_states_is_generated_from_the_rules() -> None:
     start, end = readme.index("<!-- states:begin -->\n"), readme.index("<!-- states:end -->")
     assert readme[start + len("<!-- states:begin -->\n"):end] == reference_markdown(), (
         "README's job-state table is stale: paste batchflow.batch.states.reference_markdown()")
+
+
+def test_worker_threads_leave_signals_to_the_main_thread() -> None:
+    """A signal delivered to a worker would wait for the main thread's next wake-up while the worker
+    goes on submitting jobs; blocked in workers, the kernel hands it to the main thread at once."""
+    import signal
+    import threading
+
+    from batchflow.interrupt import block_signals_in_this_thread
+
+    seen: dict[str, set] = {}
+
+    def worker() -> None:
+        block_signals_in_this_thread()
+        inner = threading.Thread(target=lambda: seen.update(inner=signal.pthread_sigmask(signal.SIG_BLOCK, set())))
+        inner.start()
+        inner.join()
+        seen["worker"] = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    for name in ("worker", "inner"):  # threads a worker starts (local jobs) inherit the mask
+        assert {signal.SIGINT, signal.SIGTERM} <= seen[name], name
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the main thread is untouched
