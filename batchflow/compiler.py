@@ -686,7 +686,7 @@ def _code_fingerprint() -> str:
 
     here = Path(__file__).parent
     parts = [__version__, str(_CACHE_FORMAT)]
-    for name in ("compiler.py", "project.py", "sql.py"):
+    for name in ("compiler.py", "project.py", "sql.py", "jinja_context.py", "packages.py"):
         try:
             parts.append((here / name).read_text())
         except OSError:
