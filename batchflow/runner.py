@@ -17,7 +17,8 @@ from typing import Any, Callable, Protocol
 
 from batchflow.batch.base import BatchBackend
 from batchflow.compiler import Compiler, Manifest, Node, inline_unbuilt
-from batchflow.errors import BatchflowError
+from batchflow.csvfile import shape_problem
+from batchflow.errors import BatchflowError, ConfigError
 from batchflow.interrupt import Interrupt, block_signals_in_this_thread
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
@@ -186,8 +187,14 @@ class Runner:
         return [results[n] for n in order]
 
     def preflight(self, order: list[str]) -> None:
-        """Checks that must pass before anything runs: batch models need a warehouse and a backend
-        in one region, so a wrong location fails the run up front, not after an hour of SQL."""
+        """Checks that must pass before anything runs: every seed the run may load has a well-formed CSV
+        (file:line of the first ragged row), and batch models need a warehouse and a backend in one
+        region, so a wrong location fails the run up front, not after an hour of SQL."""
+        for name in sorted(upstream_seeds(self.manifest, set(order))):
+            path = self.manifest.project.seeds[name].abs_path
+            problem = shape_problem(path)
+            if problem is not None:
+                raise ConfigError(f"seed {name}: {problem[0]}", path, problem[1])
         if not any(self.manifest.nodes[n].materialized == "batch" for n in order):
             return
         self.wh.check_batch_location()

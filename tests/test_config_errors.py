@@ -190,6 +190,18 @@ def test_ragged_seed_names_the_file_and_the_line(tmp_path: Path) -> None:
     assert str(exc.value) == f"{csv}:3: row has 3 field(s), the header has 2"
 
 
+def test_a_ragged_seed_stops_the_run_before_anything_runs(cli) -> None:  # noqa: ANN001 - the conftest CLI
+    seed = cli.project / "seeds" / "products.csv"
+    lines = seed.read_text().splitlines()
+    lines[2] += ",extra"
+    seed.write_text("\n".join(lines) + "\n")
+    result = cli("run")
+    assert result.exit_code == 2
+    assert f"seeds/products.csv:3: seed products: row has" in result.output
+    assert not (cli.project / "target" / "batchflow.duckdb").exists() or not cli.query(
+        "select * from information_schema.tables where table_name in ('stg_reviews', 'review_requests')")
+
+
 def test_duckdb_lock_conflict_names_the_process_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "w.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "

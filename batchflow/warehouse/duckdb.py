@@ -121,19 +121,11 @@ def _open_error(path: str, exc: BaseException) -> str:
 def _csv_problem(path: Path, exc: BaseException) -> tuple[str, Path, int | None]:
     """(message, file, line) for a CSV DuckDB refused: the first row whose field count differs from the
     header's, found with the csv module (only on this error path), else DuckDB's first line."""
-    import csv
+    from batchflow.csvfile import shape_problem
 
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                return "the CSV file is empty (it needs a header row)", path, 1
-            for row in reader:
-                if row and len(row) != len(header):
-                    return (f"row has {len(row)} field(s), the header has {len(header)}", path, reader.line_num)
-    except (OSError, UnicodeDecodeError, csv.Error) as read_error:
-        return f"cannot read the CSV file: {read_error}", path, None
+    problem = shape_problem(path)
+    if problem is not None:
+        return problem[0], path, problem[1]
     text = getattr(exc, "message", None) or str(exc)
     return f"DuckDB cannot read this CSV: {text.splitlines()[0]}", path, None
 
