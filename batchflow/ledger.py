@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchflow.batch.states import CLOSED_STATES, LANDED, LOST, SUBMITTING  # noqa: F401  (re-exported)
+from batchflow.batch.states import CLOSED_STATES
 from batchflow.relation import Relation, string_literal
 from batchflow.warehouse.base import Warehouse
 

@@ -16,17 +16,16 @@ from batchflow import batch_stages as S
 from batchflow.batch.base import BatchBackend, JobNotFoundError, JobSpec, JobStatus
 from batchflow.batch.states import CLOSED, LANDED, LOST, SUBMITTING, JobState, Rerun, rule
 from batchflow.compiler import Node, batch_results_relations
-from batchflow.cost import CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS, Estimate, Price, RunBudget, check_model_limits, price_for
+from batchflow.cost import CHARS_PER_TOKEN, Estimate, Price, RunBudget, check_model_limits, price_for
 from batchflow.errors import BatchflowError, ConfigError, ExecutionError, RequestValidationError
 from batchflow.faultpoints import checkpoint
 from batchflow.interrupt import NEVER, Interrupt
 from batchflow.ledger import Ledger, LedgerEntry
 from batchflow.relation import Relation
-from batchflow.requests import BOOKKEEPING_COLUMNS, RESERVED_COLUMNS, check_columns, reserved_column_problems  # noqa: F401
-from batchflow.settings import BLOCK_REASONS, VERTEX_MAX_ROWS_PER_JOB, BatchSettings  # noqa: F401  (re-exported)
+from batchflow.requests import check_columns, reserved_column_problems
+from batchflow.settings import BatchSettings  # noqa: F401  (re-exported: one declaration, in settings.py)
 from batchflow.warehouse.base import Warehouse
 
-RETRYABLE_STATUS = S.RETRYABLE_STATUS
 MAX_REPORTED_INVALID = 20
 MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
 POLL_LAG = 0.1  # ... and at most this share of the time they have been unchanged

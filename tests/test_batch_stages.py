@@ -91,8 +91,8 @@ def _output(wh, rows: list[tuple[str, str | None, str]]) -> None:
     values = ", ".join(
         f"('{h}', JSON '{{\"contents\": []}}', {('JSON ' + repr(r)) if r else 'CAST(NULL AS JSON)'}, '{s}', "
         "CURRENT_TIMESTAMP())" for h, r, s in rows)
-    wh.execute(f"CREATE OR REPLACE TABLE ds.m__out_1 AS SELECT * FROM (SELECT 'x' AS request_hash, JSON '{{}}' AS request, "
-               f"JSON '{{}}' AS response, '' AS status, CURRENT_TIMESTAMP() AS processed_time) WHERE FALSE")
+    wh.execute("CREATE OR REPLACE TABLE ds.m__out_1 AS SELECT * FROM (SELECT 'x' AS request_hash, JSON '{}' AS request, "
+               "JSON '{}' AS response, '' AS status, CURRENT_TIMESTAMP() AS processed_time) WHERE FALSE")
     if rows:
         wh.execute(f"INSERT INTO ds.m__out_1 VALUES {values}")
 
