@@ -326,6 +326,12 @@ def missing_sql(shard_input: Relation, output: Relation | None, responses: Relat
     )
 
 
+def answered_count_sql(shard_input: Relation, output: Relation) -> str:
+    """How many of a job's requests have a row in its output (`n`)."""
+    return (f"SELECT COUNT(*) AS n FROM {shard_input.render()} WHERE request_hash IN "
+            f"(SELECT request_hash FROM {output.render()})")
+
+
 def count_sql(relation: Relation) -> str:
     """Rows of a relation (`n`)."""
     return f"SELECT COUNT(*) AS n FROM {relation.render()}"

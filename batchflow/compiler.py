@@ -116,10 +116,12 @@ def model_relation(model_config: dict[str, Any], name: str, target: Target) -> R
 
 
 def batch_results_relations(relation: Relation) -> dict[str, Relation]:
-    """The relations a batch model owns besides its results table (`relation` itself)."""
+    """The relations a batch model owns besides its results table (`relation` itself); `todo` is a
+    run's scratch table (what to send), dropped when the run ends."""
     return {
         "requests": relation.with_identifier(f"{relation.identifier}__requests"),
         "responses": relation.with_identifier(f"{relation.identifier}__responses"),
+        "todo": relation.with_identifier(f"{relation.identifier}__todo"),
     }
 
 

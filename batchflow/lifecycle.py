@@ -22,7 +22,7 @@ from batchflow.faultpoints import checkpoint
 from batchflow.interrupt import NEVER, Interrupt
 from batchflow.ledger import Ledger, LedgerEntry
 from batchflow.relation import Relation
-from batchflow.requests import check_columns, reserved_column_problems
+from batchflow.requests import check_columns
 from batchflow.settings import BatchSettings  # noqa: F401  (re-exported: one declaration, in settings.py)
 from batchflow.warehouse.base import Warehouse
 
@@ -115,8 +115,7 @@ class _Job:
 def plan_batch(node: Node, settings: BatchSettings, flags: RunFlags) -> S.BatchPlan:
     """The stages of one batch model for this run's flags."""
     rels = batch_results_relations(node.relation)
-    requests, responses = rels["requests"], rels["responses"]
-    todo = requests.with_identifier(f"{node.relation.identifier}__todo")
+    requests, responses, todo = rels["requests"], rels["responses"], rels["todo"]
     diff = S.Diff(requests, responses, todo, settings.model, settings.fallback_model, tuple(settings.retry_on),
                   settings.max_attempts, flags.retry_failed, flags.resubmit_all)
     head: tuple[S.Stage, ...] = (
@@ -173,6 +172,8 @@ class BatchLifecycle:
         merged.update(node.config)
         self.settings = BatchSettings.from_config(merged, node.path)
         self.plan = plan_batch(node, self.settings, self.flags)
+        rels = batch_results_relations(node.relation)
+        self.responses_rel, self.todo_rel = rels["responses"], rels["todo"]
         self.report = BatchReport(dry_run=self.flags.dry_run, plan=self.plan.describe())
         self._errors: list[str] = []
         self._ended_badly: list[str] = []  # jobs of this run that ended other than SUCCEEDED
@@ -210,7 +211,7 @@ class BatchLifecycle:
             self._abandon()
             raise
         finally:
-            self.wh.drop(self.plan_todo)
+            self.wh.drop(self.todo_rel)
         self.report.pending = bool(self._in_flight)
         self.report.rows_pending = sum(j.entry.row_count for j in self._in_flight)
         if self.report.interrupted and self.flags.dry_run is False:
@@ -220,11 +221,6 @@ class BatchLifecycle:
         if self._errors:
             raise ExecutionError("; ".join(self._errors), self.node.path)
         return self.report
-
-    @property
-    def plan_todo(self) -> Relation:
-        return batch_results_relations(self.node.relation)["requests"].with_identifier(
-            f"{self.node.relation.identifier}__todo")
 
     def _evaluate(self, stage: S.Stage) -> bool | None:
         """Run one stage; False means "nothing to send": skip on to results and report."""
@@ -245,9 +241,7 @@ class BatchLifecycle:
 
     def _check_columns(self, columns: list) -> None:
         names = {c.name.lower() for c in columns}
-        problems = reserved_column_problems([c.name for c in columns])
-        if "request" in names:  # the type rules (request JSON/STRING, no ARRAY passthrough, ...)
-            problems += [p for p in check_columns(columns) if "reserved for the batch output" not in p]
+        problems = check_columns(columns)
         if problems:
             raise RequestValidationError("; ".join(problems) + "; nothing was submitted", self.node.path)
         missing_key = [k for k in self.settings.key if k.lower() not in names]
@@ -273,7 +267,7 @@ class BatchLifecycle:
 
     def _collect(self, stage: S.Collect) -> None:
         """Every open ledger row of this model, by what its state asks for (`states.Rerun`)."""
-        self.wh.execute(S.responses_ddl(self.plan_responses))
+        self.wh.execute(S.responses_ddl(self.responses_rel))
         entries = self.ledger.entries(node=stage.node, open_only=True)
         jobs = [_Job(e, _parse_relation(e.input_table), _parse_relation(e.output_table)) for e in entries]
         if self.flags.dry_run:  # count them as in flight without asking the backend
@@ -545,11 +539,10 @@ class BatchLifecycle:
         """A shard's input table and ledger entry; each job of a run has its own key and tables."""
         base = self.node.relation.identifier
         suffix = f"{self.run_id}_r{self._round}_{index:04d}"
-        requests = self.plan_todo
-        shard_input = requests.with_identifier(f"{base}__in_{suffix}")
-        output = requests.with_identifier(f"{base}__out_{suffix}")
-        rows = self.wh.create_table_as(shard_input, S.shard_input_sql(self.plan_todo, model, start, stop))
-        retried = int(self.wh.query_arrow(S.shard_retried_sql(self.plan_todo, model, start, stop)).column("r")[0].as_py() or 0)
+        shard_input = self.todo_rel.with_identifier(f"{base}__in_{suffix}")
+        output = self.todo_rel.with_identifier(f"{base}__out_{suffix}")
+        rows = self.wh.create_table_as(shard_input, S.shard_input_sql(self.todo_rel, model, start, stop))
+        retried = int(self.wh.query_arrow(S.shard_retried_sql(self.todo_rel, model, start, stop)).column("r")[0].as_py() or 0)
         fingerprint = self.wh.query_arrow(S.fingerprint_sql(shard_input)).column("f")[0].as_py()
         entry = LedgerEntry(
             job_key=f"{self.run_id}-{_label(self.node.name)}-r{self._round}-{index}",
@@ -621,8 +614,8 @@ class BatchLifecycle:
         if has_input:
             missing = self._count(job.input) - (self._count_answered(job) if has_output else 0)
             if missing > 0:
-                self.wh.merge_into(self.plan_responses, S.missing_sql(
-                    job.input, job.output if has_output else None, self.plan_responses, name, job.entry.gemini_model),
+                self.wh.merge_into(self.responses_rel, S.missing_sql(
+                    job.input, job.output if has_output else None, self.responses_rel, name, job.entry.gemini_model),
                     ["request_hash"])
         checkpoint("during_merge")
         closed = LANDED if has_output else CLOSED
@@ -646,21 +639,15 @@ class BatchLifecycle:
 
     def _merge(self, output: Relation, job_name: str, model: str) -> int:
         types = {c.name: c.type for c in self.wh.columns(output)}
-        sql = S.land_sql(output, self.plan_responses, job_name, model, types.get("request") == "JSON",
+        sql = S.land_sql(output, self.responses_rel, job_name, model, types.get("request") == "JSON",
                          types.get("response") == "JSON")
-        return self.wh.merge_into(self.plan_responses, sql, ["request_hash"])
+        return self.wh.merge_into(self.responses_rel, sql, ["request_hash"])
 
     def _count(self, relation: Relation) -> int:
         return int(self.wh.query_arrow(S.count_sql(relation)).column("n")[0].as_py())
 
     def _count_answered(self, job: _Job) -> int:
-        return int(self.wh.query_arrow(
-            f"SELECT COUNT(*) AS n FROM {job.input.render()} WHERE request_hash IN "
-            f"(SELECT request_hash FROM {job.output.render()})").column("n")[0].as_py())
-
-    @property
-    def plan_responses(self) -> Relation:
-        return batch_results_relations(self.node.relation)["responses"]
+        return int(self.wh.query_arrow(S.answered_count_sql(job.input, job.output)).column("n")[0].as_py())
 
     # -- helpers -------------------------------------------------------------------------------------
     def _key_sql(self) -> str:

@@ -34,13 +34,13 @@ def reserved_column_problems(names: list[str]) -> list[str]:
     (BigQuery compares column names case-insensitively)."""
     problems = []
     if "request" not in {n.lower() for n in names}:
-        problems.append("a batch model's SELECT must return a JSON `request` column (build it with "
-                        "{{ gemini_request(...) }} ... as request)")
-    vertex = [n for n in names if n.lower() in RESERVED_COLUMNS]
+        problems.append("the SELECT has no `request` column: a batch model's SELECT must return a JSON "
+                        "`request` column (build it with {{ gemini_request(...) }} ... as request)")
+    vertex = [f"`{n}`" for n in names if n.lower() in RESERVED_COLUMNS]
     if vertex:
         problems.append(f"column(s) {', '.join(vertex)} use names reserved for the columns Vertex writes "
                         f"({', '.join(RESERVED_COLUMNS)}, in any letter case); rename them")
-    ours = [n for n in names if n.lower() in BOOKKEEPING_COLUMNS]
+    ours = [f"`{n}`" for n in names if n.lower() in BOOKKEEPING_COLUMNS]
     if ours:
         problems.append(f"column(s) {', '.join(ours)} use names reserved for batchflow's bookkeeping "
                         f"({', '.join(BOOKKEEPING_COLUMNS)}, in any letter case); rename them")
@@ -74,28 +74,18 @@ def _canonical_bytes(obj: Any) -> bytes:
 
 
 def check_columns(columns: list[Column]) -> list[str]:
-    """Problems with a request relation's columns (empty list when it is fine).
+    """Problems with a request relation's columns (empty list when it is fine): the names
+    (`reserved_column_problems`), then the types Vertex accepts.
 
     Names are compared case-insensitively, as BigQuery does.
     """
-    problems: list[str] = []
-    by_name = {c.name.lower(): c for c in columns}
-    request = by_name.get("request")
-    if request is None:
-        problems.append("the request relation has no `request` column")
-    else:
-        rtype = request.type.strip().upper()
-        if rtype not in REQUEST_TYPES:
-            problems.append(f"column `request` has type {request.type}; it must be JSON or STRING")
+    problems = reserved_column_problems([c.name for c in columns])
+    request = {c.name.lower(): c for c in columns}.get("request")
+    if request is not None and request.type.strip().upper() not in REQUEST_TYPES:
+        problems.append(f"column `request` has type {request.type}; it must be JSON or STRING")
     for col in columns:
         lname = col.name.lower()
-        if lname in RESERVED_COLUMNS:
-            problems.append(
-                f"column `{col.name}` uses a name reserved for the batch output "
-                f"({', '.join(RESERVED_COLUMNS)}); rename it"
-            )
-            continue
-        if lname == "request":
+        if lname == "request" or lname in RESERVED_COLUMNS or lname in BOOKKEEPING_COLUMNS:
             continue
         ctype = col.type.strip().upper()
         for prefix in FORBIDDEN_TYPE_PREFIXES:
