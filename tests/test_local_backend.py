@@ -43,13 +43,10 @@ def make_input(wh, name: str, n: int, prompt_sql: str = "concat('Review number '
 
 
 def wait(backend, name: str, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while True:
-        status = backend.get(name)
-        if status.state.terminal:
-            return status
-        assert time.monotonic() < deadline, f"job still {status.state} after {timeout}s"
-        time.sleep(0.02)
+    """The job's final status: joins its thread (an event, no polling); the timeout only guards a hang."""
+    status = backend.join(name, timeout)
+    assert status.state.terminal, f"job still {status.state} after {timeout}s"
+    return status
 
 
 def spec(wh, inp="inp", out="out", labels=None):
