@@ -9,6 +9,7 @@ error in Vertex's `status` text format: ``<HTTP reason phrase>: <google.rpc erro
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from http import HTTPStatus
 from typing import Any, Protocol, Sequence
 
@@ -96,15 +97,16 @@ class Provider(Protocol):
         ExecutionError when nothing does (`batchflow debug`)."""
 
 
-class BaseProvider:
+class BaseProvider(ABC):
     """The defaults of `Provider` for a provider to inherit: not CPU-bound (threads answer it, never
-    worker processes), and `generate_json` through `generate`."""
+    worker processes), and `generate_json` through `generate`, which each provider must write."""
 
     name: str = "provider"
     cpu_bound: bool = False
 
+    @abstractmethod
     def generate(self, model: str, requests: list[dict]) -> list[ProviderResult]:
-        raise NotImplementedError
+        """One result per request, in the same order."""
 
     def generate_json(
         self, model: str, texts: Sequence[str | bytes | None], hashes: Sequence[str | None] | None = None
