@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from batchflow import __version__
 from batchflow.cachefile import read_cache, write_cache
+from batchflow.compile_steps import STEPS, SqlUnit, cached, run_steps
 from batchflow.errors import BatchflowError, CompileError, ConfigError
 from batchflow.graph import Graph, NodeInfo
 from batchflow.project import (
@@ -61,6 +63,11 @@ class Node:
     description: str = ""
     columns: dict[str, Any] = field(default_factory=dict)
     sample: Path | None = None  # sources: the CSV standing in for the table on the local target
+    #: why this model did not compile (compile(keep_going=True)); building it raises this error
+    error: BatchflowError | None = None
+    #: the model reads `execute` or runs queries: `compiled_sql` is its parse-time render (execute false),
+    #: and the runner builds it from `Compiler.sql_for_build`, rendered again with execute true
+    renders_at_build: bool = False
 
     @property
     def materialized(self) -> str:
@@ -142,9 +149,19 @@ class _Captured:
 class _ThisRelation:
     """`{{ this }}`: resolved when printed, so a config(alias=...) earlier in the file is honoured."""
 
-    def __init__(self, resolve: Callable[[], Relation], dialect: str = "bigquery"):
+    def __init__(self, resolve: Callable[[], Relation], dialect: str = "bigquery",
+                 materialized: Callable[[], str] = lambda: "view"):
         self._resolve = resolve
         self._dialect = dialect
+        self._materialized = materialized
+
+    @property
+    def is_view(self) -> bool:
+        return self._materialized() == "view"
+
+    @property
+    def is_table(self) -> bool:
+        return self._materialized() != "view"
 
     @property
     def relation(self) -> Relation:
@@ -227,6 +244,9 @@ class JinjaRenderer:
                 keep_trailing_newline=True,
                 auto_reload=False,
             )
+            from batchflow.jinja_context import DBT_FILTERS
+
+            self._env.filters.update(DBT_FILTERS)
             self.registry.env = self._env
         return self._env
 
@@ -309,7 +329,7 @@ class JinjaRenderer:
         from batchflow.jinja_context import static_context
 
         scope = self.scope({**static_context(), "target": _target_context(self.target),
-                            "adapter": _Adapter(self, None, self.target), "execute": False})
+                            "adapter": _Adapter(self, self.target), "execute": False})
         macro = self.registry.find(None, name)
         if macro is None:
             raise CompileError(f"macro {name!r} is not defined")
@@ -343,12 +363,10 @@ class _Adapter:
     """dbt's `adapter` object: `dispatch` (for the dialect the project is written in), `quote`, and
     `get_columns_in_relation` / `get_relation`, which ask the warehouse while executing (empty otherwise)."""
 
-    def __init__(self, renderer: JinjaRenderer, compiler: Compiler | None, target: Target,
-                 executing: bool = False):
+    def __init__(self, renderer: JinjaRenderer, target: Target, warehouse: Any = None):
         self._renderer = renderer
-        self._compiler = compiler
         self._target = target
-        self._executing = executing
+        self._warehouse = warehouse  # given only while the runner builds the model (execute true)
         self.scope: Any = None
         self.type = lambda: target.type
 
@@ -385,19 +403,19 @@ class _Adapter:
         return Relation(*([None] * (3 - len(parts)) + parts[-3:]))  # type: ignore[arg-type]
 
     def get_columns_in_relation(self, relation: Any) -> list[_Column]:
-        if not self._executing or self._compiler is None:
+        if self._warehouse is None:
             return []
-        wh = self._compiler.warehouse()
-        return [_Column(c.name, c.type) for c in wh.columns(self._warehouse_relation(self._relation_of(relation)))]
+        relation = self._warehouse_relation(self._relation_of(relation))
+        return [_Column(c.name, c.type) for c in self._warehouse.columns(relation)]
 
     def _warehouse_relation(self, relation: Relation) -> Relation:
         return Relation(None, relation.schema, relation.identifier) if self._target.type == "duckdb" else relation
 
     def get_relation(self, database: str | None, schema: str, identifier: str) -> Any:
-        if not self._executing or self._compiler is None:
+        if self._warehouse is None:
             return None
         relation = Relation(database, schema, identifier)
-        if self._compiler.warehouse().kind(self._warehouse_relation(relation)) is None:
+        if self._warehouse.kind(self._warehouse_relation(relation)) is None:
             return None
         return _RenderedRelation(relation, self._renderer.registry.dialect)
 
@@ -435,6 +453,50 @@ class _Column:
         return self.data_type.upper() in ("INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "INTEGER", "DOUBLE")
 
 
+class RelationText(str):
+    """What `ref()` and `source()` return: the quoted relation name as text (how it is printed, compared
+    and concatenated), with dbt's Relation attributes read from it: `database`, `schema`, `identifier`,
+    `name`, `table`, `render()`, `include()`."""
+
+    def _parts(self) -> list[str | None]:
+        import re as _re
+
+        parts = [p[1:-1] if p[:1] in "`\"" else p for p in _re.findall(r'`[^`]*`|"[^"]*"|[^.]+', str(self))]
+        if len(parts) == 1 and "." in parts[0]:  # `project.dataset.table` in one pair of backticks
+            parts = parts[0].split(".")
+        return [None] * (3 - len(parts)) + parts[-3:]  # type: ignore[list-item]
+
+    database = property(lambda self: self._parts()[0])
+    schema = property(lambda self: self._parts()[1])
+    identifier = property(lambda self: self._parts()[2])
+    name = property(lambda self: self._parts()[2])
+    table = property(lambda self: self._parts()[2])
+    is_cte = property(lambda self: str(self).startswith(EPHEMERAL_PREFIX))  # an ephemeral model, inlined
+    is_table = True
+    is_view = False
+
+    def render(self) -> str:
+        return str(self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """dbt's Relation as a mapping: dbt_utils checks `obj is mapping and obj.get('metadata')`."""
+        return _relation_get(self, key, default)
+
+    def include(self, database: bool = True, schema: bool = True, identifier: bool = True) -> str:
+        quote = "`" if str(self).startswith("`") else '"'
+        db, sc, ident = self._parts()
+        kept = [p for p, keep in ((db, database), (sc, schema), (ident, identifier)) if keep and p]
+        return RelationText(".".join(f"{quote}{p}{quote}" for p in kept))
+
+
+def _relation_get(relation: Any, key: str, default: Any) -> Any:
+    if key == "metadata":
+        return {"type": "BaseRelation"}
+    if key in ("database", "schema", "identifier", "name"):
+        return getattr(relation, key)
+    return default
+
+
 def render_relation(relation: Relation, dialect: str) -> str:
     """A relation name in the SQL of `dialect`: BigQuery's backticks, double quotes elsewhere."""
     if dialect == "bigquery":
@@ -461,6 +523,10 @@ class _RenderedRelation:
     def render(self) -> str:
         return render_relation(self.relation, self._dialect)
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """dbt's Relation as a mapping (see RelationText.get)."""
+        return _relation_get(self, key, default)
+
     def include(self, database: bool = True, schema: bool = True, identifier: bool = True) -> _RenderedRelation:
         r = self.relation
         return _RenderedRelation(Relation(r.database if database else None, r.schema if schema else "",
@@ -476,6 +542,11 @@ class _RenderedRelation:
         return hash(str(self))
 
 
+# dbt's Relations are mappings (`ref('x') is mapping` holds in dbt); the virtual subclasses say so to Jinja.
+Mapping.register(RelationText)
+Mapping.register(_RenderedRelation)
+
+
 class _Api:
     """dbt's `api`: `api.Relation.create(...)` and `api.Column.translate_type(...)`."""
 
@@ -487,6 +558,10 @@ class _Api:
             def create(database: str | None = None, schema: str | None = None, identifier: str | None = None,
                        type: str | None = None, **_: Any) -> _RenderedRelation:
                 return _RenderedRelation(Relation(database, schema or "", identifier or ""), dialect_)
+
+            @staticmethod
+            def add_ephemeral_prefix(name: str) -> str:
+                return EPHEMERAL_PREFIX + name
 
         class ColumnApi:
             @staticmethod
@@ -548,8 +623,9 @@ class _ModelContext(dict):  # type: ignore[type-arg]
         self._this = this
 
     def __getitem__(self, key: Any) -> Any:
-        if key == "config":
-            return self._captured.config
+        if key == "config":  # as dbt's node config: the materialization is always there
+            config = self._captured.config
+            return config if "materialized" in config else {"materialized": "view", **config}
         if key == "tags":
             tags = self._captured.config.get("tags", [])
             return [tags] if isinstance(tags, str) else list(tags)
@@ -610,56 +686,6 @@ class _LazyGraph(Mapping[str, Any]):
         return len(self._data())
 
 
-def _fields(node: Node) -> dict[str, Any]:
-    import dataclasses
-
-    return {f.name: getattr(node, f.name) for f in dataclasses.fields(Node)}
-
-
-class _BrokenNode(Node):
-    """A model that failed to render or parse (compile(keep_going=True)): listing and selecting it works;
-    building it raises its error on the runner's threads, so it fails alone and what depends on it is
-    skipped. On the main thread (artifacts) its SQL is a comment naming the error."""
-
-    error: BatchflowError | None = None
-
-    @property  # type: ignore[override]
-    def compiled_sql(self) -> str:
-        import threading
-
-        if self.error is not None and threading.current_thread() is not threading.main_thread():
-            raise self.error
-        return f"-- not compiled: {self.error}\n"
-
-    @compiled_sql.setter
-    def compiled_sql(self, value: str) -> None:
-        pass
-
-
-class _LateNode(Node):
-    """A model whose SQL depends on the warehouse (it reads `execute`, runs `run_query` or a `statement`).
-    Its `compiled_sql` is the parse-time render (execute false) on the main thread, where artifacts are
-    written; on the runner's worker threads, when the model is built after its upstream models, it is
-    rendered again with execute true, against the target, once."""
-
-    _late: Callable[[], str] | None = None
-    _late_sql: str | None = None
-
-    @property  # type: ignore[override]
-    def compiled_sql(self) -> str:
-        import threading
-
-        if self._late is not None and threading.current_thread() is not threading.main_thread():
-            if self._late_sql is None:
-                self._late_sql = self._late()
-            return self._late_sql
-        return self.__dict__.get("_parse_sql", "")
-
-    @compiled_sql.setter
-    def compiled_sql(self, value: str) -> None:
-        self.__dict__["_parse_sql"] = value
-
-
 # ---------------------------------------------------------------------------------------------
 # Compiling
 
@@ -669,7 +695,7 @@ class _LateNode(Node):
 
 # project.PARTIAL_PARSE_ENV (BATCHFLOW_PARTIAL_PARSE=0) turns this cache off, with the yml cache of load_project.
 PARTIAL_PARSE_FILE = "partial_parse.batchflow.pickle"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 _MISSING_ENV_VAR = "\0missing"
 
 
@@ -688,7 +714,7 @@ def _code_fingerprint() -> str:
 
     here = Path(__file__).parent
     parts = [__version__, str(_CACHE_FORMAT)]
-    for name in ("compiler.py", "project.py", "sql.py", "jinja_context.py", "packages.py"):
+    for name in ("compiler.py", "compile_steps.py", "project.py", "sql.py", "jinja_context.py", "packages.py"):
         try:
             parts.append((here / name).read_text())
         except OSError:
@@ -711,22 +737,20 @@ class PartialParse:
     """`target/partial_parse.batchflow.pickle`: what compiling this project produced last time, like dbt's
     partial parsing. A model's render is reused when its file, its base config (project file and yml),
     the macros, the vars, the target and batchflow's own code are unchanged and every ref(), source() and
-    env_var() it made still returns the same value. SQL that parsed without error is remembered by its
-    hash, so unchanged SQL is not parsed again. Writes are atomic; an unreadable file is ignored."""
+    env_var() it made still returns the same value. The SQL steps after rendering (batchflow.compile_steps)
+    are remembered by their input (`step_result`), so unchanged SQL is not parsed or transpiled again.
+    Writes are atomic; an unreadable file is ignored."""
 
     def __init__(self, path: Path, context_key: str, enabled: bool = True):
         self.path = path
         self.enabled = enabled
         self.context_key = context_key
         self.renders: dict[bytes, _Render] = {}
-        self.parsed: set[bytes] = set()
-        self.with_ctes: dict[bytes, str] = {}
-        self.columns: dict[bytes, list[str] | None] = {}
-        self._used_columns: dict[bytes, list[str] | None] = {}
+        self.steps: dict[bytes, str] = {}
         self.macros_ok: set[bytes] = set()
         self._used_renders: dict[bytes, _Render] = {}
-        self._used_parsed: set[bytes] = set()
-        self._used_ctes: dict[bytes, str] = {}
+        self._used_steps: dict[bytes, str] = {}
+        self._lock = threading.Lock()  # the runner's workers finish SQL too (sql_for_build)
         self._dirty = False
         if enabled:
             self._load()
@@ -736,9 +760,7 @@ class PartialParse:
         if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT or data.get("code") != _code_fingerprint():
             return
         self.macros_ok = set(data.get("macros_ok", ()))
-        self.parsed = set(data.get("parsed", ()))
-        self.with_ctes = dict(data.get("with_ctes", {}))
-        self.columns = dict(data.get("columns", {}))
+        self.steps = dict(data.get("steps", {}))
         if data.get("context") == self.context_key:
             self.renders = dict(data.get("renders", {}))
 
@@ -750,41 +772,19 @@ class PartialParse:
             self._used_renders[key] = entry
             self._dirty = self._dirty or new
 
-    def parsed_ok(self, sql_key: bytes) -> bool:
-        if sql_key in self.parsed:
-            self._used_parsed.add(sql_key)
-            return True
-        return False
-
-    def add_parsed(self, sql_key: bytes) -> None:
-        if self.enabled:
-            self._used_parsed.add(sql_key)
-            self._dirty = True
-
-    def cte_result(self, key: bytes) -> str | None:
-        found = self.with_ctes.get(key)
+    def step_result(self, key: bytes) -> str | None:
+        """What a compile step returned for this input before (compile_steps.cached)."""
+        found = self.steps.get(key) if self.enabled else None
         if found is not None:
-            self._used_ctes[key] = found
+            with self._lock:
+                self._used_steps[key] = found
         return found
 
-    def add_cte_result(self, key: bytes, sql: str) -> None:
+    def add_step_result(self, key: bytes, sql: str) -> None:
         if self.enabled:
-            self._used_ctes[key] = sql
-            self._dirty = True
-
-    def output_columns(self, sql: str, path: str, raw_sql: str) -> list[str] | None:
-        """The SELECT's output column names (None for `*`), parsed once per distinct SQL."""
-        key = _digest("columns", sql)
-        if key in self.columns:
-            found = self.columns[key]
-        else:
-            from batchflow import sql as sqlmod
-
-            found = sqlmod.output_columns(sqlmod.parse_bigquery(sql, path=path, raw_source=raw_sql))
-            self._dirty = self._dirty or self.enabled
-        if self.enabled:
-            self._used_columns[key] = found
-        return found
+            with self._lock:
+                self.steps[key] = self._used_steps[key] = sql
+                self._dirty = True
 
     def macros_known_good(self, macro_key: bytes) -> bool:
         return self.enabled and macro_key in self.macros_ok
@@ -798,8 +798,8 @@ class PartialParse:
         """Write what this compile used (stale entries are dropped) if anything changed."""
         if not self.enabled:
             return
-        if not self._dirty and len(self._used_renders) == len(self.renders) and len(self._used_parsed) == len(
-            self.parsed
+        if not self._dirty and len(self._used_renders) == len(self.renders) and len(self._used_steps) == len(
+            self.steps
         ):
             return
         data = {
@@ -808,11 +808,10 @@ class PartialParse:
             "context": self.context_key,
             "macros_ok": sorted(self.macros_ok),
             "renders": self._used_renders,
-            "parsed": sorted(self._used_parsed),
-            "with_ctes": self._used_ctes,
-            "columns": self._used_columns,
+            "steps": dict(self._used_steps),
         }
         write_cache(self.path, data)
+        self._dirty = False
 
 
 class Compiler:
@@ -827,7 +826,6 @@ class Compiler:
         self._text_cache: dict[str | None, str | None] = {}
         self._ref_relations: dict[str, str] = {}
         self._names: dict[tuple[Any, ...], Relation] = {}
-        self._warehouse: Any = None
         self._graph: dict[str, Any] | None = None
         self.dialect = written_dialect(project, target)
         enabled = partial_parse_enabled() if partial_parse is None else partial_parse
@@ -840,6 +838,9 @@ class Compiler:
             repr(sorted(_target_context(target).items())),
         )
         self.cache = PartialParse(project.target_path / PARTIAL_PARSE_FILE, context_key, enabled)
+        #: the SQL steps after rendering, each remembered by the partial-parse cache
+        self.steps = tuple(cached(step, self.cache) for step in STEPS)
+        self.manifest: Manifest | None = None  # the last compile's (sql_for_build finishes SQL against it)
         self.renderer = JinjaRenderer(
             project, target, macros_known_good=self.cache.macros_known_good(self._macro_key), macro_source=macro_source
         )
@@ -849,14 +850,6 @@ class Compiler:
         #: generate_schema_name & co. the project overrides: only those cost a macro call per node
         self._naming = {k for k in ("generate_schema_name", "generate_alias_name", "generate_database_name")
                         if k in root_macros}
-
-    def warehouse(self) -> Any:
-        """The target's warehouse, opened on first use (run_query, statement, adapter introspection)."""
-        if self._warehouse is None:
-            from batchflow.adapters import open_warehouse
-
-            self._warehouse = open_warehouse(self.target, self.project)
-        return self._warehouse
 
     def sql_for_warehouse(self, sql: str) -> str:
         """SQL written in the project's dialect as the warehouse adapters take it (BigQuery SQL, or DuckDB
@@ -892,6 +885,16 @@ class Compiler:
             found = self._names[key] = Relation(database, schema, identifier)
         return found
 
+    def model_node_relation(self, name: str, config: dict[str, Any]) -> Relation:
+        """Where a model or snapshot of the project lives; a snapshot's `target_schema` / `target_database`
+        (dbt < 1.9) are used as they are."""
+        model = self.project.models[name]
+        relation = self.node_relation(model.resource_type, name, config, model.fqn, str(model.path))
+        if model.resource_type == "snapshot" and (config.get("target_schema") or config.get("target_database")):
+            relation = Relation(config.get("target_database") or relation.database,
+                                config.get("target_schema") or relation.schema, relation.identifier)
+        return relation
+
     # -- context ---------------------------------------------------------------------------------
     def _resolve_ref(self, name: str) -> str:
         """What `ref(name)` renders as, at this point of compiling."""
@@ -903,8 +906,7 @@ class Compiler:
             if rendered is None:  # base configs do not change while compiling
                 model = project.models[name]
                 rendered = self._ref_relations[name] = render_relation(
-                    self.node_relation("model", name, self._base_config(name), model.fqn, str(model.path)),
-                    self.dialect)
+                    self.model_node_relation(name, self._base_config(name)), self.dialect)
             return rendered
         if name in project.seeds:
             seed = project.seeds[name]
@@ -947,8 +949,11 @@ class Compiler:
 
     def _context(
         self, model: ModelFile, captured: _Captured, is_incremental: bool,
-        reads: list[tuple[str, Any, Any]] | None = None, executing: bool = False,
+        reads: list[tuple[str, Any, Any]] | None = None, warehouse: Any = None,
     ) -> dict[str, Any]:
+        """The Jinja context of one render. `warehouse` is given only when the runner builds the model
+        (sql_for_build): then `execute` is true and run_query, statement and adapter introspection ask it;
+        otherwise (parsing, compiling) `execute` is false and they return nothing, as in dbt."""
         from batchflow.jinja_context import DbtExceptions, arrow_to_table, static_context
 
         project, target = self.project, self.target
@@ -959,13 +964,13 @@ class Compiler:
             result = self._resolve_ref(name)
             captured.refs.append(name)
             record(("ref", name, result))
-            return result
+            return RelationText(result)
 
         def source(source_name: str, table_name: str) -> str:
             result = self._resolve_source(source_name, table_name)
             captured.sources.append((source_name, table_name))
             record(("source", (source_name, table_name), result))
-            return result
+            return RelationText(result)
 
         def var(name: str, default: Any = _MISSING) -> Any:
             if name in project.vars:
@@ -973,6 +978,8 @@ class Compiler:
             if default is _MISSING:
                 raise CompileError(f"var({name!r}) is not defined; set it under vars: or pass --vars")
             return default
+
+        var.has_var = lambda name: name in project.vars  # type: ignore[attr-defined]
 
         def env_var(name: str, default: Any = _MISSING) -> Any:
             record(("env", name, os.environ.get(name, _MISSING_ENV_VAR)))
@@ -986,14 +993,14 @@ class Compiler:
 
         def run_query(sql: str) -> Any:
             captured.late = True
-            if not executing:
+            if warehouse is None:
                 return None
-            return arrow_to_table(self.warehouse().query_arrow(self.sql_for_warehouse(str(sql))))
+            return arrow_to_table(warehouse.query_arrow(self.sql_for_warehouse(str(sql))))
 
         def statement(name: str | None = None, fetch_result: bool = False, auto_begin: bool = True,
                       language: str = "sql", caller: Any = None) -> str:
             captured.late = True
-            if not executing or caller is None:
+            if warehouse is None or caller is None:
                 return ""
             sql = str(caller())
             if fetch_result:
@@ -1001,7 +1008,7 @@ class Compiler:
                 results[name or "main"] = {"response": {"rows_affected": len(table)},
                                            "data": [tuple(r) for r in table.rows], "table": table}
             else:
-                self.warehouse().execute(self.sql_for_warehouse(sql))
+                warehouse.execute(self.sql_for_warehouse(sql))
                 results[name or "main"] = {"response": {}, "data": [], "table": None}
             return ""
 
@@ -1021,9 +1028,13 @@ class Compiler:
 
             sys.stderr.write(f"warning: {model.path}: {message}\n")
 
-        this = _ThisRelation(lambda: self.node_relation("model", model.name, captured.config, model.fqn,
-                                                        str(model.path)), self.dialect)
+        this = _ThisRelation(lambda: self.model_node_relation(model.name, captured.config)
+                             if getattr(model, "resource_type", "model") == "snapshot"
+                             else self.node_relation("model", model.name, captured.config, model.fqn,
+                                                     str(model.path)), self.dialect,
+                             lambda: str(captured.config.get("materialized", "view")))
         package = getattr(model, "package", None) or project.name
+        adapter = _Adapter(self.renderer, target, warehouse)
         context = static_context()
         context.update({
             "ref": ref,
@@ -1036,11 +1047,12 @@ class Compiler:
             "is_incremental": lambda: is_incremental,
             "project_name": project.name,
             "model": _ModelContext(model, captured, package, this),
-            "execute": executing,
+            "execute": warehouse is not None,
             "run_query": run_query,
             "statement": statement,
             "load_result": load_result,
-            "adapter": _Adapter(self.renderer, self, target, executing),
+            "adapter": adapter,
+            "load_relation": adapter.load_relation,
             "api": _Api(self.dialect),
             "exceptions": DbtExceptions(warn),
             "graph": _LazyGraph(self),
@@ -1065,8 +1077,10 @@ class Compiler:
         sql, captured, _ = self._render(name, is_incremental)
         return sql, captured
 
-    def _render(self, name: str, is_incremental: bool, executing: bool = False,
+    def _render(self, name: str, is_incremental: bool, warehouse: Any = None,
                 ) -> tuple[str, _Captured, list[tuple[str, Any, Any]]]:
+        """The render step: one model's Jinja with its context (execute true only with a `warehouse`);
+        returns the SQL, what the render captured and what it read from outside the model file."""
         model = self.project.models[name]
         base = self.render_config(model.config)
         captured = _Captured(base)
@@ -1076,12 +1090,12 @@ class Compiler:
             if key == "execute":
                 captured.late = True
 
-        sql = self.renderer.render_fast(model, self._context(model, captured, is_incremental, reads, executing),
+        sql = self.renderer.render_fast(model, self._context(model, captured, is_incremental, reads, warehouse),
                                         noticed)
         if sql is None:  # needs Jinja's compiler (or failed: Jinja renders again and reports where)
             captured = _Captured(base)
             reads = []
-            sql = self.renderer.render(model, self._context(model, captured, is_incremental, reads, executing),
+            sql = self.renderer.render(model, self._context(model, captured, is_incremental, reads, warehouse),
                                        noticed)
         if captured.late:
             reads.append(("late", None, True))
@@ -1104,16 +1118,19 @@ class Compiler:
         return sql, captured
 
     def compile(self, keep_going: bool = False) -> Manifest:
-        """Render and parse every model; build the graph; inline ephemeral models. The first model that
-        fails to render or parse raises, unless `keep_going`: then each failure stays with its model
-        (`Manifest.errors`; building it raises the error, what depends on it is skipped), as in dbt."""
+        """Render every model, build the graph, then run each model's SQL steps (compile_steps: parse,
+        validate, transpile, inline ephemerals) in dependency order. The first model that fails to render
+        or parse raises, unless `keep_going`: then each such failure (a CompileError) stays with its model
+        — `Manifest.errors`, `Node.error`; building it raises the error and what depends on it is
+        skipped, as in dbt. Configuration errors (ConfigError: a config() key, a batch model's columns)
+        always raise: they stop the command before anything runs."""
         self._rendered = {}
         self._errors: dict[str, BatchflowError] = {}
 
         def attempt(name: str, step: Callable[[], Any]) -> Any:
             try:
                 return step()
-            except BatchflowError as exc:
+            except CompileError as exc:
                 if not keep_going:
                     raise
                 self._errors.setdefault(name, exc)
@@ -1137,10 +1154,9 @@ class Compiler:
         # configs in pass 1, must point at where it is built.
         moved = set()
         for name, (_, captured) in self._rendered.items():
-            if any(k in captured.config for k in ("schema", "alias", "database", "project")):
-                model = self.project.models[name]
-                where = render_relation(self.node_relation("model", name, captured.config, model.fqn,
-                                                           str(model.path)), self.dialect)
+            if any(k in captured.config for k in ("schema", "alias", "database", "project", "target_schema",
+                                                  "target_database")):
+                where = render_relation(self.model_node_relation(name, captured.config), self.dialect)
                 if self._resolve_ref(name) != where and self._materialized(name) != "ephemeral":
                     self._ref_relations[name] = where
                     moved.add(name)
@@ -1189,21 +1205,24 @@ class Compiler:
         for name, (sql, captured) in self._rendered.items():
             model = self.project.models[name]
             config = captured.config
+            kind = model.resource_type
             if name not in self._errors:
-                attempt(name, lambda: _check_config(model, config, checker, self.project.batch_defaults))
+                attempt(name, lambda: _check_snapshot_config(model, config, checker) if kind == "snapshot"
+                        else _check_config(model, config, checker, self.project.batch_defaults))
             deps = list(dict.fromkeys(captured.refs + [f"source:{s}.{t}" for s, t in captured.sources]))
-            kind = _BrokenNode if name in self._errors else _LateNode if captured.late else Node
-            nodes[name] = kind(
+            relation = self.model_node_relation(name, config)
+            nodes[name] = Node(
                 name=name,
-                resource_type="model",
+                resource_type=kind,
                 path=str(model.path),
-                relation=self.node_relation("model", name, config, model.fqn, str(model.path)),
+                relation=relation,
                 config=config,
                 depends_on=deps,
                 raw_sql=model.raw_sql,
                 compiled_sql=sql,
                 description=self._render_text(model.description) or "",
                 columns={k: v.__dict__ for k, v in model.columns.items()},
+                renders_at_build=captured.late and name not in self._errors,
             )
         # A source that is a seed's table (jaffle-shop's `raw` schema) waits for the seed, so `build` loads
         # the seed before the models that read it.
@@ -1216,31 +1235,23 @@ class Compiler:
             {n.name: _node_info(n) for n in nodes.values()},
         )
         manifest = Manifest(self.project, self.target, nodes, graph)
+        self.manifest = manifest
         for name in graph.topological_order():
             node = nodes[name]
-            if node.resource_type == "model":
-                if isinstance(node, _LateNode):  # its parse-time SQL need not be valid: checked when built
-                    node._late = self._late_render(manifest, name)
-                    continue
-                if name in self._errors:
-                    continue
-                if any(d in self._errors and nodes[d].materialized == "ephemeral" for d in node.depends_on):
-                    self._errors[name] = CompileError(f"inlines ephemeral model(s) that failed to compile: "
-                                                      f"{', '.join(d for d in node.depends_on if d in self._errors)}",
-                                                      node.path)
-                    nodes[name] = manifest.nodes[name] = _BrokenNode(**_fields(node))
-                    continue
-
-                def finish(node: Node = node) -> None:
-                    node.compiled_sql = self.finish_sql(manifest, node, node.compiled_sql)
-                    if node.materialized == "batch":
-                        self._check_batch_key(node)
-
-                if attempt(name, lambda: finish() or True) is None:
-                    nodes[name] = manifest.nodes[name] = _BrokenNode(**_fields(node))
-        for name, node in nodes.items():
-            if isinstance(node, _BrokenNode):
-                node.error = self._errors[name]
+            if node.resource_type not in ("model", "snapshot") or node.renders_at_build:
+                continue  # a model rendered at build: its parse-time SQL need not be valid, it is checked then
+            failed_ephemerals = [d for d in node.depends_on if d in self._errors and nodes[d].materialized == "ephemeral"]
+            if name not in self._errors and failed_ephemerals:
+                self._errors[name] = CompileError(f"inlines ephemeral model(s) that failed to compile: "
+                                                  f"{', '.join(failed_ephemerals)}", node.path)
+            if name not in self._errors:
+                sql = attempt(name, lambda: self.finish_sql(manifest, node, node.compiled_sql))
+                if sql is not None:
+                    node.compiled_sql = sql
+        for name, error in self._errors.items():
+            if name in nodes:
+                nodes[name].error = error
+                nodes[name].compiled_sql = f"-- not compiled: {error}\n"
         manifest.errors = dict(self._errors)
         self.cache.save()
         known = {w.key for w in self.project.warnings}
@@ -1248,34 +1259,37 @@ class Compiler:
                              *(w for w in checker.warnings if w.key not in known)]
         return manifest
 
-    def _check_batch_key(self, node: Node) -> None:
-        """A batch model's columns, once the SQL is compiled: a `request` column, no reserved names (in
-        any letter case), and a `key` naming columns of its SELECT. A SELECT * is checked by the run."""
-        from batchflow.requests import reserved_column_problems
+    def sql_for_build(self, node: Node, warehouse: Any, is_incremental: bool = False) -> str:
+        """The SQL the runner builds `node` with, called by the runner when it builds the node (its
+        upstream models are built by then). This is the one render where `execute` is true: a model that
+        reads `execute` or runs queries (`Node.renders_at_build`), and an incremental model whose table
+        exists (`is_incremental`), is rendered again against `warehouse` and goes through the SQL steps
+        then; any other model's SQL is the compile's. A model that did not compile raises its error."""
+        if node.error is not None:
+            raise node.error
+        if not (node.renders_at_build or is_incremental):
+            return node.compiled_sql
+        sql, _, _ = self._render(node.name, is_incremental=is_incremental, warehouse=warehouse)
+        return self.finish_sql(self.manifest, node, sql)
 
-        key = node.config.get("key")
-        keys = [key] if isinstance(key, str) else list(key or [])
-        columns = self.cache.output_columns(node.compiled_sql, node.path, node.raw_sql)
-        if columns is None:  # SELECT *: the columns are known only to the warehouse
-            return
-        problems = reserved_column_problems(columns)
-        if problems:
-            raise ConfigError("; ".join(problems) + "; nothing was run", node.path)
-        folded = {c.lower() for c in columns}  # BigQuery column names are case-insensitive
-        for name in keys:
-            if str(name).lower() not in folded:
-                raise ConfigError(
-                    f"`key:` {name!r} is not a column of the model's SELECT{did_you_mean(str(name), columns)}; "
-                    f"columns: {', '.join(columns)}",
-                    node.path, _config_line(node.raw_sql, "key"),
-                )
+    def render_text(self, model: ModelFile, text: str, overrides: dict[str, Any] | None = None,
+                    warehouse: Any = None) -> tuple[str, _Captured]:
+        """Render `text` with the context a model gets (ref, source, config, var, this, macros), for nodes
+        that are not models: data tests, unit tests, snapshots, analyses, hooks. `model` stands for the
+        node (its name, path, package and base config); `overrides` replace context names (a unit test's
+        ref, a test's kwargs). With a `warehouse`, `execute` is true. Errors name the node's file and line."""
+        from batchflow.jinja_context import render_template
 
-    def _late_render(self, manifest: Manifest, name: str) -> Callable[[], str]:
-        def render() -> str:
-            sql, _, _ = self._render(name, is_incremental=False, executing=True)
-            return self.finish_sql(manifest, manifest.nodes[name], sql)
+        captured = _Captured(self.render_config(model.config))
+        context = self._context(model, captured, False, None, warehouse)
+        context.update(overrides or {})
+        try:
+            template = self.renderer.env.from_string(text)
+            return render_template(template, self.renderer.scope(context, model.package)), captured
+        except Exception as exc:  # noqa: BLE001 - every render failure is reported with its location
+            import dataclasses as _dc
 
-        return render
+            raise self.renderer.map_error(exc, _dc.replace(model, name="<template>")) from None
 
     def render_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """A config with its Jinja values rendered (`+enabled: "{{ var('x', false) }}"`), natively as dbt
@@ -1283,11 +1297,14 @@ class Compiler:
         def jinja(v: Any) -> bool:
             return isinstance(v, str) and "{{" in v
 
-        if not any(jinja(v) or isinstance(v, list) and any(map(jinja, v)) for v in config.values()):
+        hooks = ("pre-hook", "post-hook", "pre_hook", "post_hook")  # rendered when they run, with `this`
+        if not any(jinja(v) or isinstance(v, list) and any(map(jinja, v)) for k, v in config.items() if k not in hooks):
             return config
         rendered: dict[str, Any] = {}
         for key, value in config.items():
-            if jinja(value):
+            if key in hooks:
+                pass
+            elif jinja(value):
                 value = self.render_value(value)
             elif isinstance(value, list):  # tags accumulate as lists: `+tags: "{{ [...] }}"` is an item
                 items: list[Any] = []
@@ -1302,7 +1319,10 @@ class Compiler:
         """One yml value rendered with target, var and env_var; `{{ x }}` alone keeps x's type."""
         import jinja2.nativetypes
 
+        from batchflow.jinja_context import DBT_FILTERS
+
         env = jinja2.nativetypes.NativeEnvironment(undefined=jinja2.StrictUndefined)
+        env.filters.update(DBT_FILTERS)
         context = {"target": _target_context(self.target), "var": lambda n, d=None: self.project.vars.get(n, d),
                    "env_var": lambda n, d="": os.environ.get(n, d)}
         try:
@@ -1330,41 +1350,23 @@ class Compiler:
             self._text_cache[text] = rendered.strip()
         return rendered.strip()
 
+    def sql_unit(self, manifest: Manifest, node: Node, sql: str) -> SqlUnit:
+        """A rendered model as the input of the SQL steps (plain data: compile_steps.SqlUnit)."""
+        key = node.config.get("key") if node.materialized == "batch" else None
+        keys = tuple(str(k) for k in ([key] if isinstance(key, str) else list(key or [])))
+        return SqlUnit(
+            sql=sql, dialect=self.dialect,
+            writes=self.target.type if node.materialized != "batch" else "bigquery",
+            materialized=node.materialized, key=keys,
+            key_line=_config_line(node.raw_sql, "key") if keys else None,
+            ctes=tuple((EPHEMERAL_PREFIX + e.name, _strip_semicolon(e.compiled_sql))
+                       for e in _ephemeral_chain(manifest, node)),
+            path=node.path, raw_sql=node.raw_sql)
+
     def finish_sql(self, manifest: Manifest, node: Node, sql: str) -> str:
-        """Parse rendered SQL (errors name the source file and line) and inline ephemeral refs."""
-        sql_key = _digest("parse", self.dialect, sql)
-        if not self.cache.parsed_ok(sql_key):
-            from batchflow import sql as sqlmod
-
-            sqlmod.parse_one(sql, self.dialect, path=node.path, raw_source=node.raw_sql)
-            self.cache.add_parsed(sql_key)
-        if self.dialect != "bigquery":  # the written dialect, as the warehouse takes it (see sql.for_target)
-            key = _digest("target", self.dialect, self.target.type, node.materialized, sql)
-            done = self.cache.cte_result(key)
-            if done is None:
-                from batchflow import sql as sqlmod
-
-                done = sqlmod.for_target(_strip_semicolon(sql), self.dialect,
-                                         self.target.type if node.materialized != "batch" else "bigquery")
-                self.cache.add_cte_result(key, done)
-            sql = done
-        ephemerals = _ephemeral_chain(manifest, node)
-        if not ephemerals:
-            return sql
-        ctes = [(EPHEMERAL_PREFIX + e.name, _strip_semicolon(e.compiled_sql)) for e in ephemerals]
-        key = _digest("ctes", sql, *(part for cte in ctes for part in cte))
-        done = self.cache.cte_result(key)
-        if done is None:
-            from batchflow import sql as sqlmod
-
-            done = sqlmod.add_ctes(_strip_semicolon(sql), ctes)
-            self.cache.add_cte_result(key, done)
-        return done
-
-    def compile_for_run(self, manifest: Manifest, name: str, is_incremental: bool) -> str:
-        """Re-render an incremental model once the runner knows whether its table exists."""
-        sql, _ = self.render_model(name, is_incremental=is_incremental)
-        return self.finish_sql(manifest, manifest.nodes[name], sql)
+        """Rendered SQL through the SQL steps (parse, validate, transpile, inline ephemerals), each
+        wrapped by the partial-parse cache: what the warehouse adapter runs."""
+        return run_steps(self.sql_unit(manifest, node, sql), self.steps).sql
 
 
 _MISSING = object()
@@ -1375,10 +1377,11 @@ class NeedsBatchResults(CompileError):
     """A model reads a batch model whose results do not exist yet, so it cannot be inlined."""
 
 
-def inline_unbuilt(manifest: Manifest, name: str, exists: Callable[[Node], bool]) -> str:
-    """The model's SQL with every ref to a model that is not built yet replaced by a CTE of that
-    model's own SQL (recursively), so a dry run can validate and count on a fresh dataset.
-    Raises NeedsBatchResults when the chain reaches a batch model with no results."""
+def inline_unbuilt(manifest: Manifest, name: str, exists: Callable[[Node], bool], sql: str | None = None) -> str:
+    """The model's SQL (`sql`, default its compiled SQL) with every ref to a model that is not built yet
+    replaced by a CTE of that model's own SQL (recursively), so a dry run can validate and count on a
+    fresh dataset. Raises NeedsBatchResults when the chain reaches a batch model with no results, and the
+    error of an upstream model that did not compile."""
     chain: dict[str, Node] = {}
 
     def visit(node: Node) -> None:
@@ -1387,6 +1390,9 @@ def inline_unbuilt(manifest: Manifest, name: str, exists: Callable[[Node], bool]
             if (upstream is None or upstream.resource_type != "model" or upstream.materialized == "ephemeral"
                     or dep in chain or exists(upstream)):
                 continue
+            if upstream.error is not None:
+                raise CompileError(f"reads model {dep!r}, which did not compile ({upstream.error})",
+                                   manifest.nodes[name].path)
             if upstream.materialized == "batch":
                 raise NeedsBatchResults(f"needs the answers of batch model {dep!r}, which has none yet",
                                         manifest.nodes[name].path)
@@ -1401,7 +1407,7 @@ def inline_unbuilt(manifest: Manifest, name: str, exists: Callable[[Node], bool]
                 sql = sql.replace(render_relation(upstream.relation, dialect), UNBUILT_PREFIX + dep)
         return _strip_semicolon(sql)
 
-    sql = swap(manifest.nodes[name].compiled_sql)
+    sql = swap(manifest.nodes[name].compiled_sql if sql is None else sql)
     if not chain:
         return sql
     from batchflow import sql as sqlmod
@@ -1430,6 +1436,22 @@ def _target_context(target: Target) -> dict[str, Any]:
         "location": target.settings.get("location"),
         "path": target.settings.get("path"),
     }
+
+
+def _check_snapshot_config(model: ModelFile, config: dict[str, Any], checker: SettingsChecker) -> None:
+    """A snapshot's merged config: every key against the snapshot config section, then what its strategy needs."""
+    from batchflow.snapshots import snapshot_spec
+
+    for key, value in config.items():
+        line = _config_line(model.raw_sql, str(key)) or model.yml_line
+        try:
+            checker.section("snapshot_config", {key: value}, model.yml_path if model.yml_line and not
+                            _written_in_config(model.raw_sql, str(key)) else model.path, line)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, exc.path or model.path, line) from None
+    start = model.raw_sql.count("\n", 0, len(model.raw_sql) - len(model.raw_sql.lstrip("\n"))) + 1
+    snapshot_spec(config, model.yml_path if model.yml_line and "config(" not in model.raw_sql else model.path,
+                  _config_line(model.raw_sql, "strategy") or model.yml_line or start)
 
 
 def _check_config(model: ModelFile, config: dict[str, Any], checker: SettingsChecker | None = None,
@@ -1469,6 +1491,11 @@ def _check_config(model: ModelFile, config: dict[str, Any], checker: SettingsChe
             raise ConfigError("a batch model needs config(model='gemini-...')", model.path,
                               _config_line(model.raw_sql, "materialized"))
         config.setdefault("model", merged["model"])  # a project-wide default model, as the lifecycle reads it
+        from batchflow.requests import batch_model_problem  # models whose batch contract is not BigQuery
+
+        problem = batch_model_problem(str(merged["model"]), merged.get("fallback_model"))
+        if problem is not None:
+            raise ConfigError(problem[1], model.path, _config_line(model.raw_sql, problem[0]))
 
 
 _CONFIG_CALL = re.compile(r"\bconfig\s*\(")

@@ -331,9 +331,34 @@ class Modules:
 
     @property
     def pytz(self) -> Any:
+        return _Pytz()
+
+
+class _Pytz:
+    """`modules.pytz` as dbt packages use it (`timezone(name)`, `utc`, `all_timezones`), on the standard
+    library's zoneinfo (pytz is not a dependency). A zone given to `datetime(..., tzinfo=...)` works as
+    pytz's does for the zone's standard offsets; pytz's `localize()` is not there."""
+
+    utc = UTC = datetime.timezone.utc
+
+    @staticmethod
+    def timezone(name: str) -> Any:
         import zoneinfo
 
-        return zoneinfo
+        if str(name).upper() == "UTC":
+            return datetime.timezone.utc
+        try:
+            return zoneinfo.ZoneInfo(str(name))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            from batchflow.errors import CompileError
+
+            raise CompileError(f"modules.pytz.timezone: unknown time zone {name!r}") from None
+
+    @property
+    def all_timezones(self) -> list[str]:
+        import zoneinfo
+
+        return sorted(zoneinfo.available_timezones())
 
 
 def _tojson(value: Any, default: Any = None, sort_keys: bool = False) -> Any:
@@ -406,7 +431,45 @@ def static_context() -> dict[str, Any]:
         "dbt_version": "1.11.0",
         "flags": _Flags(),
         "selected_resources": [],
+        "print": _print,
     }
+
+
+def _print(*args: Any) -> str:
+    """dbt's `print()`: to standard output, rendering nothing."""
+    print(*args, flush=True)
+    return ""
+
+
+def as_bool(value: Any) -> Any:
+    """dbt's `as_bool` filter: 'true'/'false' text as a boolean (anything else unchanged)."""
+    text = str(value).strip().lower()
+    return {"true": True, "false": False}.get(text, value)
+
+
+def as_number(value: Any) -> Any:
+    """dbt's `as_number` filter: numeric text as an int or float (anything else unchanged)."""
+    try:
+        return int(str(value))
+    except ValueError:
+        try:
+            return float(str(value))
+        except ValueError:
+            return value
+
+
+def as_native(value: Any) -> Any:
+    """dbt's `as_native` filter: a Python literal in text as its value (anything else unchanged)."""
+    import ast
+
+    try:
+        return ast.literal_eval(str(value))
+    except (ValueError, SyntaxError):
+        return value
+
+
+#: dbt's filters for native values in rendered text (`{{ var('on') | as_bool }}`)
+DBT_FILTERS = {"as_bool": as_bool, "as_number": as_number, "as_native": as_native, "as_text": str}
 
 
 class _Flags:

@@ -47,6 +47,7 @@ class ModelFile:
     yml_line: int | None = None  # line of the model's entry in yml_path
     tests: list[Any] = field(default_factory=list)  # model-level data tests of the yml entry
     package: str | None = None  # the dbt package it comes from (None: the project itself)
+    resource_type: str = "model"  # "snapshot": a `{% snapshot %}` block or a yml `snapshots:` entry
 
 
 @dataclass
@@ -104,6 +105,8 @@ class Project:
     packages: list[Any] = field(default_factory=list)  # batchflow.packages.Package, in load order
     package_macro_files: list[tuple[str, Path]] = field(default_factory=list)  # (package name, macro file)
     docs: dict[str, str] = field(default_factory=dict)  # `{% docs name %}` blocks of the docs folders
+    hooks: dict[str, Any] = field(default_factory=dict)  # `on-run-start` / `on-run-end` of the project file
+    analysis_paths: list[str] = field(default_factory=list)  # folders of analyses (compiled, never run)
 
 
 @dataclass
@@ -710,13 +713,60 @@ class _ProjectLoader:
 
     # ---- property (yml) files ----
 
-    def apply_yml(self, path: Path) -> None:
+    def load_snapshot_blocks(self, path: Path, sub: tuple[str, ...], tree: _ConfigLevel) -> None:
+        """Each `{% snapshot name %} ... {% endsnapshot %}` of a file becomes a snapshot node; its body keeps
+        its line numbers (blank lines stand for what precedes it)."""
+        text = _read_text(path)
+        for found in _SNAPSHOT_BODY.finditer(text):
+            name = found.group(1)
+            self._add_snapshot(name, path, "\n" * text.count("\n", 0, found.start(2)) + found.group(2),
+                               [self.name, *sub, path.stem, name], tree)  # dbt's fqn names the file too
+
+    def _add_snapshot(self, name: str, path: Path, raw_sql: str, fqn: list[str], tree: _ConfigLevel,
+                      config: dict[str, Any] | None = None) -> None:
+        if name in self.models or name in self.seeds:
+            other = self.models[name].path if name in self.models else self.seeds[name].path
+            raise ConfigError(f"snapshot {name!r} has the same name as {other}; ref() would be ambiguous", path,
+                              raw_sql.count("\n", 0, len(raw_sql) - len(raw_sql.lstrip("\n"))) + 1)
+        self.models[name] = ModelFile(name=name, path=_rel(self.root, path), abs_path=path, raw_sql=raw_sql, fqn=fqn,
+                                      config=merge_configs({**_resolve_config(tree, fqn), "materialized": "snapshot"},
+                                                           config or {}),
+                                      resource_type="snapshot")
+
+    def _declare_snapshot(self, entry: Any, path: Path, list_line: int | None, sub: tuple[str, ...],
+                          tree: _ConfigLevel | None) -> None:
+        """A yml `snapshots:` entry: with `relation:` it defines a snapshot (dbt 1.9+), else it documents one."""
+        name = _entry_name(entry, "snapshot", path, list_line)
+        line = line_of(entry) if hasattr(entry, "key_line") else list_line
+        config = to_plain(entry.get("config") or {})
+        if not isinstance(config, dict):
+            raise ConfigError("a snapshot's `config:` must be a mapping", path, line)
+        if entry.get("relation") is not None:
+            relation = str(entry["relation"]).strip()
+            if not re.fullmatch(r"(ref|source)\(.*\)", relation):
+                raise ConfigError(f"snapshot {name!r}: `relation: {relation}` must be ref('...') or source('...', "
+                                  "'...')", path, line)
+            self._add_snapshot(name, path, "\n" * ((line or 1) - 1) + f"select * from {{{{ {relation} }}}}",
+                               [self.name, *sub, name], tree or _ConfigLevel({}, {}, None), config)
+        elif name in self.models and self.models[name].resource_type == "snapshot":
+            self.models[name].config = merge_configs(self.models[name].config, config)
+        else:
+            raise ConfigError(f"yml snapshot {name!r} has no `relation:` and documents no {{% snapshot %}} block"
+                              f"{did_you_mean(name, [m for m, f in self.models.items() if f.resource_type == 'snapshot'])}",
+                              path, line)
+        snapshot = self.models[name]
+        snapshot.description = _text(entry.get("description") or snapshot.description)
+        snapshot.yml_path, snapshot.yml_line = _rel(self.root, path), line
+        if entry.get("columns"):
+            snapshot.columns = self._columns(entry, path)
+
+    def apply_yml(self, path: Path, sub: tuple[str, ...] = (), tree: _ConfigLevel | None = None) -> None:
         data = self.yml_cache.load(path)
         if data is None:
             return
         if not isinstance(data, LineDict):
             raise ConfigError("a properties file must be a mapping (version:, models:, sources:, ...)", path, 1)
-        self.checker.section("yml", data, path, 1, skip=("version", "models", "seeds", "sources"))
+        self.checker.section("yml", data, path, 1, skip=("version", "models", "seeds", "sources", "snapshots"))
         if "version" in data and data["version"] != 2:
             raise ConfigError("only `version: 2` property files are supported", path, data.key_line("version"))
         for entry in _list(data.get("models"), "`models:`", path, data.key_line("models")):
@@ -725,6 +775,8 @@ class _ProjectLoader:
             self._document_seed(entry, path, data.key_line("seeds"))
         for entry in _list(data.get("sources"), "`sources:`", path, data.key_line("sources")):
             self._declare_source(entry, path, data.key_line("sources"))
+        for entry in _list(data.get("snapshots"), "`snapshots:`", path, data.key_line("snapshots")):
+            self._declare_snapshot(entry, path, data.key_line("snapshots"), sub, tree)
 
     def _document_model(self, entry: Any, path: Path, list_line: int | None) -> None:
         model = self._document(entry, path, list_line, "model", self.models, "models/**/{}.sql")
@@ -839,20 +891,13 @@ class _ProjectLoader:
             if inner is not None:
                 self.checker.section(f"test.{name}", inner, path, line_of(args, "arguments") or line)
             self.checker.section(f"test.{name}", args, path, line, skip=("arguments",), required=inner is None)
-            if level != "column":
-                self.checker.warn(f"{level}-level data test `{name}` is not run: batchflow runs column tests",
-                                  path, line, name, once=("test-level", name))
             return
-        if "." in name:
-            self.checker.warn(f"data test `{name}` comes from a package; batchflow does not run it", path, line,
-                              name, once=("test", name))
-        elif name in self.custom_tests():
-            self.checker.warn(f"custom generic test `{name}` is not run by batchflow", path, line, name,
-                              once=("test", name))
+        if "." in name or name in self.custom_tests():
+            return  # a package's or the project's generic test: its macro renders it (batchflow.testing)
         else:
             raise ConfigError(
-                f"unknown data test `{name}`; batchflow runs {', '.join(DATA_TESTS)}{did_you_mean(name, DATA_TESTS)}",
-                path, line,
+                f"unknown data test `{name}`: neither dbt's ({', '.join(DATA_TESTS)}) nor a `{{% test {name}(...) %}}` "
+                f"block of the project{did_you_mean(name, [*DATA_TESTS, *self.custom_tests()])}", path, line,
             )
 
     def custom_tests(self) -> frozenset[str]:
@@ -885,6 +930,8 @@ class _ProjectLoader:
 
 
 DATA_TESTS = ("not_null", "unique", "accepted_values", "relationships")
+_SNAPSHOT_BODY = re.compile(r"\{%-?\s*snapshot\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}(.*?)\{%-?\s*endsnapshot\s*-?%\}",
+                            re.DOTALL)
 _TEST_BLOCK = re.compile(r"\{%-?\s*test\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 
 
@@ -943,7 +990,7 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
     batch_defaults = _mapping(data.get("batch"), "`batch:`", project_file, data.key_line("batch"))
     trees = {
         block: _config_level(data.get(block), project_file, data.key_line(block), checker, f"{block[:-1]}_config")
-        for block in ("models", "seeds")
+        for block in ("models", "seeds", "snapshots")
     }
 
     target_dir = (root / target_path).resolve()
@@ -975,9 +1022,18 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
         from batchflow.jinja_context import docs_blocks
 
         docs.update(docs_blocks(_read_text(md_path)))
+    # snapshots: `{% snapshot %}` blocks in .sql files and (dbt 1.9+) `snapshots:` entries with `relation:`
+    snapshot_paths = data.get("snapshot-paths") or ["snapshots"]
+    snapshot_folders = [str(p) for p in (snapshot_paths if isinstance(snapshot_paths, list) else [snapshot_paths])]
+    for snap_path, sub in _discover(root, snapshot_folders, (".sql",)):
+        loader.load_snapshot_blocks(snap_path, sub, trees["snapshots"])
+    for yml_path, sub in _discover(root, snapshot_folders, (".yml", ".yaml")):
+        loader.apply_yml(yml_path, sub, trees["snapshots"])
     dialect = data.get("dialect")
     dispatch = to_plain(data.get("dispatch") or [])
     return Project(
+        hooks={k: to_plain(data[k]) for k in ("on-run-start", "on-run-end") if data.get(k)},
+        analysis_paths=_path_list(data, "analysis-paths", "analyses", project_file, project_vars),
         dialect=None if dialect is None else str(dialect),
         dispatch=dispatch,
         packages=packages,
@@ -992,11 +1048,14 @@ def load_project(project_dir: Path, cli_vars: dict[str, Any] | None = None,
         models=loader.models,
         seeds=loader.seeds,
         sources=loader.sources,
-        macro_files=_macro_files(root, macro_paths),
+        # dbt reads generic tests in `<test path>/generic/` as macros
+        macro_files=_macro_files(root, macro_paths) + _macro_files(
+            root, [f"{t}/generic" for t in ([test_paths] if isinstance(test_paths, str) else test_paths)]),
         batch_defaults=to_plain(batch_defaults),
         key_lines={str(key): line for key, line in data.key_lines.items()},
         warnings=[*checker.warnings, *_config_warnings(project_file, trees, {
-            "models": loader.models.values(), "seeds": loader.seeds.values()})],
+            "models": loader.models.values(), "seeds": loader.seeds.values(),
+            "snapshots": [m for m in loader.models.values() if m.resource_type == "snapshot"]})],
     )
 
 
@@ -1423,8 +1482,8 @@ def check_batch_block(checker: SettingsChecker, batch: Mapping[str, Any], defaul
     spec = settings_spec()
     backend = batch.get("backend", default_backend)
     checker.value(spec["batch.local"]["fields"]["backend"], backend, "backend", path, line_of(batch, "backend") or line)
-    if backend == "vertex":
-        checker.section("batch.vertex", batch, path, line, required=False)
+    if backend in ("vertex", "online"):
+        checker.section(f"batch.{backend}", batch, path, line, required=False)
         return
     local = spec["batch.local"]["fields"]
     provider = batch.get("provider", "mock")

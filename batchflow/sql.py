@@ -298,6 +298,7 @@ def to_duckdb(sql: str | exp.Expression) -> str:
       FROM t) AS t: the same rows, and DuckDB runs the select-list UNNEST ~2.5x faster than its lateral join
     - EXTRACT(DAYOFWEEK ...) + 1 (BigQuery counts Sunday as 1, DuckDB as 0)
     - FORMAT_TIMESTAMP: %E<n>S / %E*S / %Ez / %Z format elements, and the time zone argument
+    - DATE_TRUNC(d, MONTH) & co. -> CAST(DATE_TRUNC('MONTH', d) AS DATE) (BigQuery returns a DATE)
     """
     if isinstance(sql, str):
         dialect, body = sql_dialect(sql)
@@ -441,7 +442,22 @@ def _rewrite(node: exp.Expression) -> exp.Expression:
         return exp.Paren(this=exp.Add(this=plain, expression=exp.Literal.number(1)))
     if isinstance(node, exp.TimeToStr):
         return _fix_format_timestamp(node)
+    if isinstance(node, exp.DateTrunc) and _truncates_to_a_date(node):
+        # BigQuery's DATE_TRUNC(date, MONTH) is a DATE; DuckDB's date_trunc of a date is a TIMESTAMP.
+        return exp.Cast(this=node.copy(), to=exp.DataType.build("DATE"))
     return node
+
+
+_DATE_PARTS = frozenset({"DAY", "WEEK", "ISOWEEK", "MONTH", "QUARTER", "YEAR", "ISOYEAR"})
+
+
+def _truncates_to_a_date(node: exp.DateTrunc) -> bool:
+    """BigQuery DATE_TRUNC to a date granularity that sqlglot's DuckDB output leaves a TIMESTAMP (it casts
+    weeks starting on a day other than Monday itself). DATE_TRUNC of a TIMESTAMP to HOUR & co. is left."""
+    unit = node.args.get("unit")
+    if isinstance(unit, exp.WeekStart):
+        return unit.name.upper() == "MONDAY"
+    return unit is not None and unit.name.upper() in _DATE_PARTS
 
 
 def _fix_format_timestamp(node: exp.TimeToStr) -> exp.Expression:

@@ -192,3 +192,29 @@ def test_failures_stay_with_their_model_when_keep_going(tmp_path: Path) -> None:
         warehouse.close()
     status = {r.name: r.status for r in results}
     assert status == {"bad": "error", "unparsable": "error", "child": "skipped", "good": "success"}
+
+
+def test_dbt_utils_relation_macros_take_ref_and_query_at_build(tmp_path: Path) -> None:
+    """dbt_utils.star / get_column_values check `ref()` is a Relation (a mapping with metadata), read its
+    columns and values from the warehouse when built, and pivot on them."""
+    from tests.tools.dbt_figures import SHARED
+
+    from batchflow import api
+
+    root = make(tmp_path / "p", {
+        "packages.yml": f"packages:\n  - local: {SHARED / 'packages' / 'dbt_utils'}\n",
+        "models/base.sql": "{{ config(materialized='table') }} select 'a' as k, 1 as v union all select 'b', 2",
+        "models/pivot.sql": (
+            "{% set ks = dbt_utils.get_column_values(table=ref('base'), column='k', order_by='k') %}\n"
+            "{{ config(materialized='table') }}\n"
+            "select {{ dbt_utils.star(from=ref('base'), except=['v']) }}, "
+            "{{ dbt_utils.pivot('k', ks, agg='sum', then_value='v') }} from {{ ref('base') }} group by 1")})
+    report = api.build(root)
+    assert report.exit_code == 0, [(r.name, r.message) for r in report.results]
+    import duckdb
+
+    con = duckdb.connect(str(root / "target/ctx.duckdb"), read_only=True)
+    try:
+        assert con.execute("select * from main.pivot order by k").fetchall() == [("a", 1, 0), ("b", 0, 2)]
+    finally:
+        con.close()

@@ -6,30 +6,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.tools.dbt_figures import SHARED, table_figures
+from tests.tools.dbt_figures import SHARED, batchflow_copy, table_figures
 
 FIGURES = Path(__file__).parent / "fixtures" / "dbt" / "jaffle_shop_figures.json"
 
 
 @pytest.fixture
 def jaffle(tmp_path: Path) -> Path:
-    root = tmp_path / "jaffle-shop"
-    shutil.copytree(SHARED / "jaffle-shop", root)
-    packages = SHARED / "packages"
-    (root / "packages.yml").write_text("packages:\n" + "".join(
-        f"  - local: {packages / name}\n" for name in ("dbt_utils", "dbt_date", "audit_helper")))
-    # dbt projects are written for their profile's adapter: this one for DuckDB
-    (root / "profiles.yml").write_text(
-        "default:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
-        f"      path: {tmp_path / 'jaffle.duckdb'}\n      schema: main\n      threads: 2\n      dialect: duckdb\n")
-    return root
+    return batchflow_copy(tmp_path)
 
 
 @pytest.mark.e2e

@@ -176,9 +176,9 @@ def test_unknown_top_level_key_is_an_error_with_line_and_suggestion(tmp_path: Pa
 def test_every_dbt_only_key_loads_with_a_warning_naming_it(tmp_path: Path) -> None:
     inert = ["version", "config-version", "clean-targets", "require-dbt-version", "log-path", "dbt-cloud"]
     keys = [
-        "test-paths", "analysis-paths", "snapshot-paths", "docs-paths", "asset-paths",
-        "flags", "quoting", "on-run-start", "on-run-end", "query-comment", "tests", "data_tests",
-        "sources", "snapshots", "analyses", "metrics", "semantic-models", "saved-queries", "exposures",
+        "docs-paths", "asset-paths",
+        "flags", "quoting", "query-comment", "tests", "data_tests",
+        "sources", "analyses", "metrics", "semantic-models", "saved-queries", "exposures",
         "source-paths", "data-paths",  # dbt < 1.0 names: dbt warns, so do we
     ]
     root = project(tmp_path, "name: demo\n" + "".join(f"{k}: null\n" for k in inert + keys))
@@ -722,7 +722,7 @@ def test_dbt_style_fixture_loads(tmp_path: Path, no_profile_env: Path, monkeypat
     assert m.columns["grp"].tests == [{"accepted_values": {"values": ["a", "b", "c", "d"]}}]
     assert p.seeds["raw_00"].config == {"column_types": {}}
     assert [f.name for f in p.macro_files] == ["synth_macros.sql"]
-    assert [(w.key, w.line) for w in p.warnings] == [("test-paths", 9), ("column_types", 23)]
+    assert [(w.key, w.line) for w in p.warnings] == []  # test-paths and seed column_types are applied
     dev = load_profile(p, None, None)
     assert dev.type == "duckdb" and dev.settings["path"] == str(root.resolve() / "synth.duckdb")
     bq = load_profile(p, None, "bq")

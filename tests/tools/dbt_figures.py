@@ -93,6 +93,21 @@ def prepare_project(dest: Path) -> Path:
     return project
 
 
+def batchflow_copy(dest: Path) -> Path:
+    """A copy of jaffle-shop in `dest` for batchflow, unedited but for what a user adds beside it:
+    `packages.yml` pointing at the shared packages (`local:`, as /work/shared/dbt/README.md says) and
+    a DuckDB profile whose `dialect: duckdb` says the project is written for DuckDB, as dbt-duckdb's is."""
+    root = dest / "jaffle-shop"
+    shutil.copytree(SHARED / "jaffle-shop", root)
+    packages = SHARED / "packages"
+    (root / "packages.yml").write_text("packages:\n" + "".join(
+        f"  - local: {packages / name}\n" for name in ("dbt_utils", "dbt_date", "audit_helper")))
+    (root / "profiles.yml").write_text(
+        "default:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
+        f"      path: {dest / 'jaffle.duckdb'}\n      schema: main\n      threads: 2\n      dialect: duckdb\n")
+    return root
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dbt", default="dbt", help="the dbt executable (dbt-core 1.11 with dbt-duckdb)")
