@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from batchflow.errors import ConfigError
 from batchflow.relation import string_literal
 
 if TYPE_CHECKING:
@@ -85,9 +86,51 @@ def load_seed(manifest: Manifest, warehouse: Warehouse, name: str) -> int:
     path = manifest.project.seeds[name].abs_path
     digest = content_hash(path)  # before loading: a file changed meanwhile loads again next run
     warehouse.ensure_schema(node.relation.schema)
-    rows = warehouse.load_csv(node.relation, path)
+    types = node.config.get("column_types") or {}
+    if types:
+        rows = _load_typed(manifest, warehouse, name, path, types)
+    else:
+        rows = warehouse.load_csv(node.relation, path)
     SeedState(warehouse).record(name, str(node.relation), digest)
     return rows
+
+
+def _load_typed(manifest: Manifest, warehouse: Warehouse, name: str, path: Path, types: dict[str, Any]) -> int:
+    """dbt's seed `column_types`: the CSV is loaded as the warehouse reads it, then each named column is
+    cast to its type (the target's own type names, as dbt takes them). A column the CSV lacks is an error."""
+    import dataclasses
+
+    from sqlglot import exp
+
+    from batchflow import sql as sqlmod
+    from batchflow.compiler import render_relation
+
+    node = manifest.nodes[name]
+    dialect = manifest.target.type
+    staging = dataclasses.replace(node.relation, identifier=f"{node.relation.identifier}__bf_seed_load")
+    warehouse.load_csv(staging, path)
+    try:
+        lookup = staging if dialect != "duckdb" else dataclasses.replace(staging, database=None)
+        columns = [c.name for c in warehouse.columns(lookup)]
+        wanted = {str(k).lower(): (str(k), str(v)) for k, v in types.items()}
+        missing = sorted(k for k, _ in wanted.values() if k.lower() not in {c.lower() for c in columns})
+        if missing:
+            seed = manifest.project.seeds[name]
+            raise ConfigError(f"seed {name}: `column_types` names {', '.join(missing)}, not a column of "
+                              f"{seed.path} (columns: {', '.join(columns)})", seed.yml_path or manifest.project.project_file)
+        items = []
+        for column in columns:
+            ident = exp.to_identifier(column, quoted=True)
+            if column.lower() in wanted:
+                cast = exp.Cast(this=exp.column(ident), to=exp.DataType.build(wanted[column.lower()][1], dialect=dialect,
+                                                                            udt=True))
+                items.append(exp.alias_(cast, ident))
+            else:
+                items.append(exp.column(ident))
+        select = exp.select(*items).from_(render_relation(staging, dialect)).sql(dialect)
+        return warehouse.create_table_as(node.relation, sqlmod.for_target(select, dialect, dialect))
+    finally:
+        warehouse.drop(staging)
 
 
 # "Table with name products does not exist!" (DuckDB), "Not found: Table p:ds.products" (BigQuery)

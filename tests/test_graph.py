@@ -100,6 +100,7 @@ def test_dependency_on_unknown_node_is_an_error() -> None:
         (["+review_labels"], {"review_labels", "review_requests", "stg_reviews", "source:shop.reviews"}),
         (["stg_reviews+"], {"stg_reviews", "review_requests", "review_labels", "fct_summary"}),
         (["+review_requests+"], {"source:shop.reviews", "stg_reviews", "review_requests", "review_labels", "fct_summary"}),
+        (["+review_labels+"], {"source:shop.reviews", "stg_reviews", "review_requests", "review_labels", "fct_summary"}),  # not countries
         (["1+review_labels"], {"review_labels", "review_requests"}),
         (["2+review_labels"], {"review_labels", "review_requests", "stg_reviews"}),
         (["stg_reviews+1"], {"stg_reviews", "review_requests"}),
@@ -118,7 +119,8 @@ def test_dependency_on_unknown_node_is_an_error() -> None:
         (["path:seeds"], {"countries"}),
         (["config.materialized:batch"], {"review_requests"}),
         (["config.materialized:view"], {"stg_reviews", "review_labels"}),
-        (["config.model:gemini-*"], {"review_requests"}),
+        (["config.model:gemini-2.5-flash"], {"review_requests"}),
+        (["config.model:gemini-*"], set()),  # config values match exactly, as in dbt
         (["config.enabled:true"], {"fct_summary"}),
         (["config.tags:staging"], {"stg_reviews", "stg_orders"}),
         (["resource_type:seed"], {"countries"}),
@@ -130,7 +132,14 @@ def test_dependency_on_unknown_node_is_an_error() -> None:
         (["*_requests+"], {"review_requests", "review_labels", "fct_summary"}),
         (["demo.staging"], {"stg_reviews", "stg_orders"}),
         (["fqn:demo.marts.fct_summary"], {"fct_summary"}),
-        (["demo"], set(INFO)),  # the project (package) name selects everything in it
+        (["demo"], set(INFO) - {"source:shop.reviews"}),  # the package name: everything in it but sources (dbt)
+        (["staging"], {"stg_reviews", "stg_orders"}),  # a bare folder name: the fqn without the package
+        (["staging.stg_orders"], {"stg_orders"}),
+        (["package:demo"], set(INFO)),
+        (["file:fct_orders.sql"], {"fct_orders"}),
+        (["file:fct_orders"], {"fct_orders"}),
+        (["fct_orders.sql"], {"fct_orders"}),
+        (["source:demo.shop.reviews"], {"source:shop.reviews"}),
         (["tag:nightly,config.materialized:view"], {"stg_reviews", "review_labels"}),
         (["tag:nightly,path:models/marts"], {"review_labels"}),
         (["+fct_summary,tag:nightly"], {"stg_reviews", "review_requests", "review_labels"}),

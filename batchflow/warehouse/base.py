@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # pyarrow costs 0.2 s to import; `batchflow ls` never needs i
 
 from batchflow.relation import Relation
 
+if TYPE_CHECKING:
+    from batchflow.table_options import TableOptions
+
 
 @dataclass(frozen=True)
 class Column:
@@ -33,6 +36,9 @@ class Warehouse(Protocol):
 
     #: "duckdb" or "bigquery"
     name: str
+    #: Table config keys (`batchflow.table_options.TABLE_OPTION_KEYS`) this warehouse does not apply,
+    #: each with why; every other key is applied. The runner notes the ignored keys a model sets.
+    TABLE_OPTIONS_IGNORED: dict[str, str]
 
     def relation(self, identifier: str, schema: str | None = None) -> Relation:
         """A relation in the target's database, in `schema` (default: the target's schema)."""
@@ -55,11 +61,29 @@ class Warehouse(Protocol):
     def columns(self, relation: Relation) -> list[Column]:
         """Columns of an existing relation, with BigQuery type names."""
 
-    def create_table_as(self, relation: Relation, select_sql: str) -> int:
-        """Atomically replace `relation` with the rows of `select_sql`; returns the row count."""
+    def create_table_as(self, relation: Relation, select_sql: str, options: TableOptions | None = None) -> int:
+        """Atomically replace `relation` with the rows of `select_sql`; returns the row count. `options`:
+        partitioning, clustering, table options, descriptions and grants, as far as this warehouse applies them."""
 
-    def create_view_as(self, relation: Relation, select_sql: str) -> None:
-        """Create or replace a view."""
+    def create_view_as(self, relation: Relation, select_sql: str, options: TableOptions | None = None) -> None:
+        """Create or replace a view (with its description, labels, expiration and grants from `options`)."""
+
+    def create_table_if_missing(self, relation: Relation, columns_sql: str, options: TableOptions | None = None) -> None:
+        """CREATE TABLE IF NOT EXISTS with BigQuery column definitions (`a STRING, b INT64`), laid out per
+        `options` where the warehouse has partitions and clustering. An existing table is left as it is."""
+
+    def apply_schema_change(self, relation: Relation, select_sql: str, options: TableOptions) -> list[str]:
+        """Before an incremental run adds rows: compare the SELECT's columns with the table's and act per
+        `options.on_schema_change` (ignore, fail: ExecutionError, append_new_columns, sync_all_columns).
+        Returns what changed, one line per column."""
+
+    def insert_overwrite(self, relation: Relation, select_sql: str, options: TableOptions) -> int:
+        """Replace the partitions of `relation` the SELECT's rows fall in (dynamic), or the partitions
+        `options.partitions` lists (static), with the SELECT's rows; returns the rows inserted."""
+
+    def apply_table_options(self, relation: Relation, options: TableOptions) -> None:
+        """After an incremental run: bring an existing table's description, labels, column descriptions and
+        grants to `options` (what `create_table_as` sets when it builds the table)."""
 
     def insert_into(self, relation: Relation, select_sql: str) -> int:
         """Append the rows of `select_sql` (matching columns by name); returns rows inserted."""
@@ -96,7 +120,8 @@ class Warehouse(Protocol):
     ) -> int:
         """Append Arrow rows to an existing table (made by `create_table_from_schema` with the same
         schema; columns matched by name, `json_columns` hold JSON text) in one commit of its own:
-        after a crash the table holds all of these rows or none. Returns the rows appended."""
+        after a crash the table holds all of these rows or none. Returns the rows appended. A
+        `pa.RecordBatchReader` may be streamed into the commit as it yields (DuckDB does)."""
 
     def load_csv(self, relation: Relation, path: Path) -> int:
         """Replace `relation` with the rows of a CSV file (seeds, local samples of sources)."""

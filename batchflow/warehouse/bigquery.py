@@ -21,6 +21,7 @@ from google.cloud import bigquery
 
 from batchflow.errors import ConfigError, ExecutionError
 from batchflow.relation import Relation, string_literal
+from batchflow.table_options import NO_OPTIONS, Partitioning, SchemaChange, TableOptions, schema_change
 from batchflow.warehouse.base import Column, RelationKind
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class BigQueryWarehouse:
     """One BigQuery dataset (the target's), in one project and location."""
 
     name = "bigquery"
+    TABLE_OPTIONS_IGNORED: dict[str, str] = {}  # BigQuery applies every table config
 
     def __init__(
         self,
@@ -236,18 +238,77 @@ class BigQueryWarehouse:
             raise ExecutionError(f"relation {relation} does not exist")
         return [Column(f.name, column_type(f)) for f in table.schema]
 
-    def create_table_as(self, relation: Relation, select_sql: str) -> int:
+    def create_table_as(self, relation: Relation, select_sql: str, options: TableOptions | None = None) -> int:
         # CREATE OR REPLACE is one atomic job: a failing SELECT leaves the old table in place.
-        # BigQuery refuses to replace a view with a table, so a view of that name goes first.
-        if self.kind(relation) == "view":
+        # BigQuery refuses to replace a view with a table, so a view of that name goes first; nor does it
+        # replace a table partitioned or clustered otherwise (dbt's is_replaceable): that one is dropped too.
+        options = options or NO_OPTIONS
+        table = self._table(relation)
+        if table is not None and (table.table_type in ("VIEW", "MATERIALIZED_VIEW") or not _replaceable(table, options)):
             self.drop(relation)
-        self._query(f"CREATE OR REPLACE TABLE {relation.render()} AS {select_sql}")
+        self._query(create_table_sql(relation, select_sql, options))
+        self._after_build(relation, options, "TABLE")
         return self._count(relation)
 
-    def create_view_as(self, relation: Relation, select_sql: str) -> None:
+    def create_view_as(self, relation: Relation, select_sql: str, options: TableOptions | None = None) -> None:
+        options = options or NO_OPTIONS
         if self.kind(relation) == "table":
             self.drop(relation)
-        self._query(f"CREATE OR REPLACE VIEW {relation.render()} AS {select_sql}")
+        self._query(create_view_sql(relation, select_sql, options))
+        self._after_build(relation, options, "VIEW")
+
+    def create_table_if_missing(self, relation: Relation, columns_sql: str, options: TableOptions | None = None) -> None:
+        self._query(create_table_if_missing_sql(relation, columns_sql, options or NO_OPTIONS))
+
+    def apply_schema_change(self, relation: Relation, select_sql: str, options: TableOptions) -> list[str]:
+        if options.on_schema_change == "ignore":
+            return []
+        _, selected = self.dry_run(f"SELECT * FROM ({select_sql})")
+        change = schema_change(self.columns(relation), selected)
+        if not change.any:
+            return []
+        if options.on_schema_change == "fail":
+            raise ExecutionError(change.failure(relation))
+        for sql in schema_change_sql(relation, change, options):
+            self._query(sql)
+        return change.lines(options.on_schema_change)
+
+    def insert_overwrite(self, relation: Relation, select_sql: str, options: TableOptions) -> int:
+        columns = [c.name for c in self.columns(relation)]
+        job = self._query(insert_overwrite_sql(relation, select_sql, options, columns))
+        return self._script_rows(job)
+
+    def apply_table_options(self, relation: Relation, options: TableOptions) -> None:
+        altered = alter_table_options_sql(relation, options)
+        if altered:
+            self._query(altered)
+        self._after_build(relation, options, "TABLE")
+
+    def _after_build(self, relation: Relation, options: TableOptions, kind: str) -> None:
+        """Column descriptions (columns the relation has, matched as BigQuery does: any case) and grants."""
+        if options.column_descriptions:
+            have = {c.name.lower(): c.name for c in self.columns(relation)}
+            described = [(have[n.lower()], text) for n, text in options.column_descriptions if n.lower() in have]
+            script = column_descriptions_sql(relation, described, kind)
+            if script:
+                self._query(script)
+        for grant in grant_sql(relation, options, kind):
+            self._query(grant)
+
+    def _script_rows(self, job: bigquery.QueryJob) -> int:
+        """Rows a script's INSERTs and MERGEs inserted (its child jobs'), else the job's own DML count."""
+        if job.statement_type != "SCRIPT":  # one MERGE: its inserts (its affected rows count the deletes too)
+            stats = getattr(job, "dml_stats", None)
+            if stats is not None and stats.inserted_row_count is not None:
+                return int(stats.inserted_row_count)
+            return int(job.num_dml_affected_rows or 0)
+        with _errors("list script jobs"):
+            children = list(self.client.list_jobs(parent_job=job.job_id))
+        inserted = [c.dml_stats.inserted_row_count for c in children
+                    if getattr(c, "dml_stats", None) is not None and c.dml_stats.inserted_row_count is not None]
+        if inserted:
+            return int(sum(inserted))
+        return int(job.num_dml_affected_rows or 0)
 
     def insert_into(self, relation: Relation, select_sql: str) -> int:
         cols = self._shared_columns(relation, select_sql)
@@ -486,6 +547,187 @@ class BigQueryWarehouse:
         if table is not None and table.num_rows is not None:
             return int(table.num_rows)
         return int(self.query_arrow(f"SELECT COUNT(*) AS n FROM {relation.render()}").column("n")[0].as_py())
+
+
+# -- table configs as DDL (pure functions: tests assert the exact SQL) ---------------------------------
+# The clause order, option order and spellings follow dbt-bigquery's `bigquery__create_table_as` and
+# `get_table_options`; identifiers are backtick-quoted here, where dbt writes the field names bare.
+
+
+def partition_clause(partition: Partitioning) -> str:
+    """`PARTITION BY ...` of a CREATE TABLE."""
+    if partition.data_type == "int64" and partition.range is not None:
+        r = partition.range
+        return f"PARTITION BY RANGE_BUCKET({_quote(partition.field)}, GENERATE_ARRAY({r.start}, {r.end}, {r.interval}))"
+    return f"PARTITION BY {partition.expression()}"
+
+
+def description_literal(text: str) -> str:
+    """A triple-quoted BigQuery string, as dbt writes descriptions (newlines kept as written)."""
+    return '"""' + text.replace("\\", "\\\\").replace('"', '\\"') + '"""'
+
+
+def table_option_list(options: TableOptions, *, temporary: bool = False, view: bool = False) -> list[tuple[str, str]]:
+    """(name, value SQL) of OPTIONS(...), in dbt-bigquery's order: expiration, description, labels, KMS key,
+    then the partition options (not on a temporary table, whose expiration is 12 hours, as dbt's)."""
+    opts: list[tuple[str, str]] = []
+    if options.hours_to_expiration is not None and not temporary:
+        opts.append(("expiration_timestamp",
+                     f"TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {options.hours_to_expiration} hour)"))
+    if options.description:
+        opts.append(("description", description_literal(options.description)))
+    if options.labels:
+        opts.append(("labels", "[" + ", ".join(f"({string_literal(k)}, {string_literal(v)})"
+                                              for k, v in options.labels) + "]"))
+    if view:
+        return opts
+    if options.kms_key_name:
+        opts.append(("kms_key_name", string_literal(options.kms_key_name)))
+    if temporary:
+        opts.append(("expiration_timestamp", "TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 12 hour)"))
+    else:
+        if options.require_partition_filter is not None and options.partition_by is not None:
+            opts.append(("require_partition_filter", "true" if options.require_partition_filter else "false"))
+        if options.partition_expiration_days is not None:
+            days = options.partition_expiration_days
+            opts.append(("partition_expiration_days", str(int(days)) if float(days).is_integer() else repr(days)))
+    return opts
+
+
+def _options_clause(opts: list[tuple[str, str]]) -> str:
+    return "OPTIONS(" + ", ".join(f"{k}={v}" for k, v in opts) + ")" if opts else ""
+
+
+def create_table_sql(relation: Relation, select_sql: str, options: TableOptions = NO_OPTIONS, *,
+                     temporary: bool = False) -> str:
+    """CREATE OR REPLACE TABLE ... PARTITION BY ... CLUSTER BY ... OPTIONS(...) AS SELECT ..."""
+    parts = [f"CREATE OR REPLACE TABLE {relation.render()}"]
+    if options.partition_by is not None:
+        parts.append(partition_clause(options.partition_by))
+    if options.cluster_by:
+        parts.append("CLUSTER BY " + ", ".join(_quote(c) for c in options.cluster_by))
+    clause = _options_clause(table_option_list(options, temporary=temporary))
+    if clause:
+        parts.append(clause)
+    parts.append(f"AS {select_sql}")
+    return " ".join(parts)
+
+
+def create_table_if_missing_sql(relation: Relation, columns_sql: str, options: TableOptions = NO_OPTIONS) -> str:
+    """CREATE TABLE IF NOT EXISTS ... (columns) PARTITION BY ... CLUSTER BY ... OPTIONS(...)."""
+    parts = [f"CREATE TABLE IF NOT EXISTS {relation.render()} ({columns_sql})"]
+    if options.partition_by is not None:
+        parts.append(partition_clause(options.partition_by))
+    if options.cluster_by:
+        parts.append("CLUSTER BY " + ", ".join(_quote(c) for c in options.cluster_by))
+    clause = _options_clause(table_option_list(options))
+    if clause:
+        parts.append(clause)
+    return " ".join(parts)
+
+
+def create_view_sql(relation: Relation, select_sql: str, options: TableOptions = NO_OPTIONS) -> str:
+    """CREATE OR REPLACE VIEW ... OPTIONS(expiration, description, labels) AS SELECT ... (dbt's view options)."""
+    clause = _options_clause(table_option_list(options, view=True))
+    return f"CREATE OR REPLACE VIEW {relation.render()} " + (f"{clause} " if clause else "") + f"AS {select_sql}"
+
+
+def alter_table_options_sql(relation: Relation, options: TableOptions) -> str | None:
+    """ALTER TABLE ... SET OPTIONS(description, labels) for a table an incremental run kept (None: nothing
+    to set). The expiration and partition options stay as the table was created with them."""
+    opts = [(k, v) for k, v in table_option_list(options, view=True) if k != "expiration_timestamp"]
+    return f"ALTER TABLE {relation.render()} SET {_options_clause(opts)}" if opts else None
+
+
+def column_descriptions_sql(relation: Relation, described: list[tuple[str, str]], kind: str = "TABLE") -> str | None:
+    """One script (one job) of ALTER ... ALTER COLUMN ... SET OPTIONS(description=...), a statement per
+    column: BigQuery (and the emulator) take one ALTER COLUMN action per statement."""
+    statements = [f"ALTER {kind} {relation.render()} ALTER COLUMN {_quote(name)} "
+                  f"SET OPTIONS(description={description_literal(text)})" for name, text in described]
+    return ";\n".join(statements) if statements else None
+
+
+def grant_sql(relation: Relation, options: TableOptions, kind: str = "TABLE") -> list[str]:
+    """dbt-bigquery's `get_grant_sql`: GRANT `role` ON TABLE|VIEW ... TO "grantee", ... (one per role)."""
+    return [f"GRANT {_quote(role)} ON {kind} {relation.render()} TO " + ", ".join(f'"{g}"' for g in grantees)
+            for role, grantees in options.grants]
+
+
+def temp_relation(relation: Relation) -> Relation:
+    """dbt's `make_temp_relation`: the model's name plus `__dbt_tmp`, in its dataset."""
+    return relation.with_identifier(f"{relation.identifier}__dbt_tmp")
+
+
+def insert_overwrite_sql(relation: Relation, select_sql: str, options: TableOptions, columns: list[str]) -> str:
+    """dbt-bigquery's insert_overwrite: a MERGE ON FALSE that deletes the replaced partitions and inserts the
+    SELECT's rows. Static (`partitions:` listed): one statement. Dynamic: a script that stages the rows in
+    `<model>__dbt_tmp`, collects their partitions, merges, and drops the staging table."""
+    partition = options.partition_by
+    if partition is None:
+        raise ExecutionError(f"{relation}: insert_overwrite needs `partition_by`")
+    listed = ", ".join(_quote(c) for c in columns)
+    merge = (f"MERGE INTO {relation.render()} AS DBT_INTERNAL_DEST USING ({{source}}) AS DBT_INTERNAL_SOURCE "
+             f"ON FALSE WHEN NOT MATCHED BY SOURCE AND {partition.value('DBT_INTERNAL_DEST')} {{where}} "
+             f"THEN DELETE WHEN NOT MATCHED THEN INSERT ({listed}) VALUES ({listed})")
+    if options.partitions:
+        return merge.format(source=select_sql, where="IN (" + ", ".join(options.partitions) + ")")
+    tmp = temp_relation(relation)
+    return ";\n".join([
+        f"DECLARE dbt_partitions_for_replacement ARRAY<{partition.data_type.upper()}>",
+        create_table_sql(tmp, select_sql, options, temporary=True),
+        # dbt writes `SET (v) = (SELECT AS STRUCT ARRAY_AGG(...))`; the plain form is the same assignment
+        # (and the one the emulator runs).
+        "SET dbt_partitions_for_replacement = (SELECT ARRAY_AGG(DISTINCT "
+        f"{partition.value()} IGNORE NULLS) FROM {tmp.render()})",
+        merge.format(source=f"SELECT * FROM {tmp.render()}", where="IN UNNEST(dbt_partitions_for_replacement)"),
+        f"DROP TABLE IF EXISTS {tmp.render()}",
+    ])
+
+
+def schema_change_sql(relation: Relation, change: SchemaChange, options: TableOptions) -> list[str]:
+    """What `on_schema_change` runs (dbt's `alter_relation_add_remove_columns`, `alter_column_type`):
+    ADD COLUMN for new columns; with sync_all_columns also DROP COLUMN for columns the SELECT lost and a
+    rebuild with CAST for changed types (BigQuery changes a column's type in place only to widen it)."""
+    statements: list[str] = []
+    nested = [c.name for c in change.added if c.type in ("STRUCT", "ARRAY<STRUCT>")]
+    if nested:
+        raise ExecutionError(f"on_schema_change cannot add the STRUCT column(s) {', '.join(nested)} to {relation}: "
+                             "rebuild it with --full-refresh")
+    if change.added:
+        statements.append(f"ALTER TABLE {relation.render()} "
+                          + ", ".join(f"ADD COLUMN {_quote(c.name)} {c.type}" for c in change.added))
+    if options.on_schema_change == "sync_all_columns":
+        if change.removed:
+            statements.append(f"ALTER TABLE {relation.render()} "
+                              + ", ".join(f"DROP COLUMN {_quote(c.name)}" for c in change.removed))
+        if change.retyped:
+            casts = ", ".join(f"CAST({_quote(new.name)} AS {new.type}) AS {_quote(new.name)}"
+                              for _, new in change.retyped)
+            statements.append(create_table_sql(relation, f"SELECT * REPLACE ({casts}) FROM {relation.render()}",
+                                               options))
+    return statements
+
+
+def _replaceable(table: bigquery.Table, options: TableOptions) -> bool:
+    """dbt's `is_replaceable`: BigQuery replaces a table in place only with the same partitioning and
+    clustering spec."""
+    wanted = options.partition_by
+    if table.range_partitioning is not None:
+        r = table.range_partitioning
+        if wanted is None or wanted.range is None:
+            return False
+        if (r.field, r.range_.start, r.range_.end, r.range_.interval) != (
+                wanted.field, wanted.range.start, wanted.range.end, wanted.range.interval):
+            return False
+    elif table.time_partitioning is not None:
+        t = table.time_partitioning
+        if wanted is None or wanted.range is not None:
+            return False
+        if (t.field or "").lower() != wanted.field.lower() or (t.type_ or "").upper() != wanted.granularity.upper():
+            return False
+    elif wanted is not None:
+        return False
+    return list(table.clustering_fields or []) == list(options.cluster_by)
 
 
 def _json_select(schema: pa.Schema, json_columns: Iterable[str]) -> str:

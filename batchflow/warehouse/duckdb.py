@@ -10,7 +10,7 @@ import atexit
 import re
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -18,6 +18,7 @@ import pyarrow as pa
 from batchflow.errors import ConfigError, ExecutionError
 from batchflow.relation import Relation
 from batchflow.sql import to_duckdb
+from batchflow.table_options import NO_OPTIONS, TableOptions, schema_change
 from batchflow.warehouse.base import Column, RelationKind
 from batchflow.warehouse.duckdb_functions import install
 
@@ -100,6 +101,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _literal(text: str) -> str:
+    """A DuckDB string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _render(relation: Relation) -> str:
     """DuckDB-quoted `"schema"."table"` (the database part is ignored: one file, one catalog)."""
     return f"{_quote(relation.schema)}.{_quote(relation.identifier)}"
@@ -134,6 +140,18 @@ class DuckDBWarehouse:
     """A DuckDB database file (or `:memory:`), one cursor per thread."""
 
     name = "duckdb"
+    #: dbt-bigquery table configs with no meaning in a DuckDB file: noted, not applied. persist_docs becomes
+    #: COMMENT ON, on_schema_change ALTER TABLE, insert_overwrite a delete of the partitions then an insert.
+    TABLE_OPTIONS_IGNORED: dict[str, str] = {
+        "partition_by": "DuckDB tables have no partitions; insert_overwrite still reads it to find the rows it replaces",
+        "cluster_by": "DuckDB tables have no clustering",
+        "require_partition_filter": "DuckDB tables have no partitions",
+        "partition_expiration_days": "DuckDB tables have no partitions",
+        "labels": "DuckDB tables have no labels",
+        "kms_key_name": "a DuckDB file is not encrypted with a Cloud KMS key",
+        "hours_to_expiration": "DuckDB tables do not expire",
+        "grants": "a DuckDB file has no users to grant to",
+    }
 
     def __init__(self, path: str | Path, schema: str = "main", memory_limit: str | None = None):
         self.path = str(path)
@@ -259,21 +277,59 @@ class DuckDBWarehouse:
             return []
         return [f"DROP {'VIEW' if kind == 'view' else 'TABLE'} {_render(relation)}"]
 
-    def create_table_as(self, relation: Relation, select_sql: str) -> int:
+    def create_table_as(self, relation: Relation, select_sql: str, options: TableOptions | None = None) -> int:
         # One transaction: a failing SELECT leaves the previous table untouched.
         kind = self.kind(relation)
         self._transaction(
             ([] if kind == "table" else self._drop_statement(relation, kind))
             + [f"CREATE OR REPLACE TABLE {_render(relation)} AS {to_duckdb(select_sql)}"]
         )
+        self._comment(relation, options or NO_OPTIONS, "TABLE")
         return self._count(relation)
 
-    def create_view_as(self, relation: Relation, select_sql: str) -> None:
+    def create_view_as(self, relation: Relation, select_sql: str, options: TableOptions | None = None) -> None:
         kind = self.kind(relation)
         self._transaction(
             ([] if kind == "view" else self._drop_statement(relation, kind))
             + [f"CREATE OR REPLACE VIEW {_render(relation)} AS {to_duckdb(select_sql)}"]
         )
+        self._comment(relation, options or NO_OPTIONS, "VIEW")
+
+    def create_table_if_missing(self, relation: Relation, columns_sql: str, options: TableOptions | None = None) -> None:
+        # Partitions and clustering have no meaning here: the plain table.
+        self.execute(f"CREATE TABLE IF NOT EXISTS {relation.render()} ({columns_sql})")
+
+    def apply_schema_change(self, relation: Relation, select_sql: str, options: TableOptions) -> list[str]:
+        if options.on_schema_change == "ignore":
+            return []
+        selected = self._run(f"DESCRIBE {to_duckdb(select_sql)}")
+        duck_types = {name.lower(): dtype for name, dtype, *_ in selected}
+        change = schema_change(self.columns(relation),
+                               [Column(name, bigquery_type(dtype)) for name, dtype, *_ in selected])
+        if not change.any:
+            return []
+        if options.on_schema_change == "fail":
+            raise ExecutionError(change.failure(relation))
+        self._transaction(schema_change_statements(relation, change, options.on_schema_change, duck_types))
+        return change.lines(options.on_schema_change)
+
+    def insert_overwrite(self, relation: Relation, select_sql: str, options: TableOptions) -> int:
+        staged = f"__bf_overwrite_{threading.get_ident()}"
+        self._transaction(insert_overwrite_statements(relation, to_duckdb(select_sql), options, staged))
+        count = self._run(f"SELECT count(*) FROM {_quote(staged)}")[0][0]
+        self._run(f"DROP TABLE IF EXISTS {_quote(staged)}")
+        return int(count)
+
+    def apply_table_options(self, relation: Relation, options: TableOptions) -> None:
+        self._comment(relation, options, "TABLE")
+
+    def _comment(self, relation: Relation, options: TableOptions, kind: str) -> None:
+        """persist_docs as DuckDB comments (COMMENT ON TABLE|VIEW, COMMENT ON COLUMN for columns it has)."""
+        if not options.description and not options.column_descriptions:
+            return
+        have = {c.name.lower(): c.name for c in self.columns(relation)} if options.column_descriptions else {}
+        described = [(have[n.lower()], text) for n, text in options.column_descriptions if n.lower() in have]
+        self._transaction(comment_statements(relation, options.description, described, kind))
 
     def insert_into(self, relation: Relation, select_sql: str) -> int:
         before = self._count(relation)
@@ -332,23 +388,26 @@ class DuckDBWarehouse:
         batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
         json_columns: Iterable[str] = (),
     ) -> int:
-        if isinstance(batches, pa.RecordBatch):
-            table = pa.Table.from_batches([batches])
+        data: pa.Table | pa.RecordBatchReader
+        if isinstance(batches, pa.RecordBatchReader):
+            data = batches  # streamed: DuckDB reads the batches as the reader yields them
+        elif isinstance(batches, pa.RecordBatch):
+            data = pa.Table.from_batches([batches])
         elif isinstance(batches, pa.Table):
-            table = batches
+            data = batches
         else:
             listed = list(batches)
             if not listed:
                 return 0
-            table = pa.Table.from_batches(listed)
-        if table.num_rows == 0:
+            data = pa.Table.from_batches(listed)
+        if isinstance(data, pa.Table) and data.num_rows == 0:
             return 0
-        listed_columns = ", ".join(_quote(f.name) for f in table.schema)
+        listed_columns = ", ".join(_quote(f.name) for f in data.schema)
         # One autocommitted statement: its own transaction, so a crash keeps all of these rows or none.
         result = self._from_arrow(
-            table, table.schema, json_columns, f"INSERT INTO {_render(relation)} ({listed_columns}) SELECT {{select}}"
+            data, data.schema, json_columns, f"INSERT INTO {_render(relation)} ({listed_columns}) SELECT {{select}}"
         )
-        return int(result[0][0]) if result else table.num_rows
+        return int(result[0][0]) if result else 0
 
     def _from_arrow(
         self, data: pa.Table | pa.RecordBatchReader, schema: pa.Schema, json_columns: Iterable[str], statement: str
@@ -421,3 +480,47 @@ class DuckDBWarehouse:
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, relation: Relation) -> int:
         return int(self._run(f"SELECT count(*) FROM {_render(relation)}")[0][0])
+
+
+# -- table configs on DuckDB (pure functions: tests assert the exact SQL) -------------------------------
+
+
+def comment_statements(relation: Relation, description: str | None, columns: list[tuple[str, str]],
+                       kind: str = "TABLE") -> list[str]:
+    """persist_docs: COMMENT ON TABLE|VIEW and COMMENT ON COLUMN (DuckDB keeps them in its catalog)."""
+    out = [f"COMMENT ON {kind} {_render(relation)} IS {_literal(description)}"] if description else []
+    out += [f"COMMENT ON COLUMN {_render(relation)}.{_quote(name)} IS {_literal(text)}" for name, text in columns]
+    return out
+
+
+def schema_change_statements(relation: Relation, change: Any, mode: str, duck_types: dict[str, str]) -> list[str]:
+    """on_schema_change on DuckDB: ADD COLUMN (and, for sync_all_columns, DROP COLUMN and ALTER COLUMN
+    ... TYPE), one statement each (DuckDB takes one action per ALTER TABLE), with the SELECT's DuckDB types."""
+    out = [f"ALTER TABLE {_render(relation)} ADD COLUMN {_quote(c.name)} {duck_types[c.name.lower()]}"
+           for c in change.added]
+    if mode == "sync_all_columns":
+        out += [f"ALTER TABLE {_render(relation)} DROP COLUMN {_quote(c.name)}" for c in change.removed]
+        out += [f"ALTER TABLE {_render(relation)} ALTER COLUMN {_quote(old.name)} TYPE {duck_types[new.name.lower()]}"
+                for old, new in change.retyped]
+    return out
+
+
+def insert_overwrite_statements(relation: Relation, duck_select: str, options: TableOptions, staged: str) -> list[str]:
+    """insert_overwrite on DuckDB (one transaction): stage the SELECT's rows, delete the target's rows in
+    the partitions they fall in (or in the `partitions:` listed), insert the staged rows by name. The
+    partition expressions are dbt's (BigQuery SQL), transpiled."""
+    partition = options.partition_by
+    if partition is None:
+        raise ExecutionError(f"{relation}: insert_overwrite needs `partition_by`")
+    target = _render(relation)
+    if options.partitions:
+        where = to_duckdb(f"SELECT 1 FROM t WHERE {partition.value()} IN ({', '.join(options.partitions)})")
+    else:
+        where = to_duckdb(f"SELECT 1 FROM t WHERE {partition.value()} IN "
+                          f"(SELECT DISTINCT {partition.value()} FROM `{staged}`)")
+    predicate = where[where.upper().index(" WHERE ") + len(" WHERE "):]
+    return [
+        f"CREATE OR REPLACE TEMP TABLE {_quote(staged)} AS {duck_select}",
+        f"DELETE FROM {target} WHERE {predicate}",
+        f"INSERT INTO {target} BY NAME SELECT * FROM {_quote(staged)}",
+    ]
