@@ -1,7 +1,9 @@
 """Token and cost estimates for batch models, and the budget that refuses to overspend.
 
 Prices come from the project (`batch: prices:` in batchflow_project.yml, batch prices in USD per
-million tokens), because they change more often than code does.
+million tokens), because they change more often than code does. `--online` runs pay online prices: the
+entry's `online_input_per_million` / `online_output_per_million`, or twice the batch price when those
+are not given (Vertex's batch discount is 50%).
 """
 
 from __future__ import annotations
@@ -21,12 +23,27 @@ class BudgetError(ExecutionError):
     """A batch model would exceed a configured request or cost limit; nothing was submitted."""
 
 
+#: online price / batch price when an entry gives no online price (batch is half price, contract §1)
+ONLINE_FACTOR = 2.0
+
+
 @dataclass(frozen=True)
 class Price:
-    """Batch price of one model in USD per million tokens."""
+    """Batch price of one model in USD per million tokens (and its online price, when given)."""
 
     input_per_million: float
     output_per_million: float
+    online_input_per_million: float | None = None
+    online_output_per_million: float | None = None
+
+    def for_mode(self, mode: str) -> "Price":
+        """The price answers in `mode` ("batch" | "online") are paid at."""
+        if mode != "online":
+            return self
+        return Price(self.online_input_per_million if self.online_input_per_million is not None
+                     else self.input_per_million * ONLINE_FACTOR,
+                     self.online_output_per_million if self.online_output_per_million is not None
+                     else self.output_per_million * ONLINE_FACTOR)
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         """USD for the given token counts."""
@@ -38,7 +55,9 @@ def price_table(batch_defaults: dict[str, Any]) -> dict[str, Price]:
     table: dict[str, Price] = {}
     for model, entry in (batch_defaults.get("prices") or {}).items():
         try:
-            table[str(model)] = Price(float(entry["input_per_million"]), float(entry["output_per_million"]))
+            online = [entry.get(k) for k in ("online_input_per_million", "online_output_per_million")]
+            table[str(model)] = Price(float(entry["input_per_million"]), float(entry["output_per_million"]),
+                                      *(None if v is None else float(v) for v in online))
         except (KeyError, TypeError, ValueError):
             raise ConfigError(
                 f"batch.prices.{model} needs numeric input_per_million and output_per_million"

@@ -17,9 +17,29 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_FILES = ("batchflow_project.yml", "profiles.yml", "models", "macros", "seeds", "data")
 
 
+#: The example's embedding model and the mart reading it: most tests count the review model's
+#: Gemini jobs, so the copy leaves these out (`enabled=false`) unless the test is marked
+#: `@pytest.mark.example_embeddings`.
+EMBEDDING_MODELS = ("models/embeddings/review_embeddings.sql", "models/marts/similar_reviews.sql")
+
+
+def disable_embeddings(project: Path) -> None:
+    """Leave the example's embedding model and its mart out of a copy of the example."""
+    for rel in EMBEDDING_MODELS:
+        path = project / rel
+        path.write_text("{{ config(enabled=false) }}\n" + (REPO / rel).read_text())
+
+
+def restore_embeddings(project: Path) -> None:
+    """Put the example's embedding model and its mart back, as in the repository."""
+    for rel in EMBEDDING_MODELS:
+        (project / rel).write_text((REPO / rel).read_text())
+
+
 @pytest.fixture
-def example_project(tmp_path: Path) -> Path:
-    """The repository's example project, copied so a test may change it."""
+def example_project(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The repository's example project, copied so a test may change it (without its embedding
+    models unless the test is marked `example_embeddings`)."""
     dest = tmp_path / "project"
     dest.mkdir()
     for name in EXAMPLE_FILES:
@@ -28,6 +48,8 @@ def example_project(tmp_path: Path) -> Path:
             shutil.copytree(src, dest / name)
         else:
             shutil.copy(src, dest / name)
+    if request.node.get_closest_marker("example_embeddings") is None:
+        disable_embeddings(dest)
     return dest
 
 
@@ -43,7 +65,11 @@ class CLI:
         return result
 
     def run_results(self) -> dict[str, Any]:
-        return json.loads((self.project / "target" / "run_results.json").read_text())
+        """run_results.json (dbt's schema) with each result as batchflow reports it (name, status, batch, ...)."""
+        from batchflow.artifacts import batchflow_results
+
+        data = json.loads((self.project / "target" / "run_results.json").read_text())
+        return {**data, "results": batchflow_results(data)}
 
     def query(self, sql: str) -> list[tuple]:
         con = duckdb.connect(str(self.project / "target" / "batchflow.duckdb"), read_only=True)

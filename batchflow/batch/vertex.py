@@ -1,5 +1,10 @@
 """The Vertex AI batch backend: Gemini batch prediction jobs, BigQuery in and BigQuery out (google-genai).
 
+Text-embedding models (text-embedding-005, ...) go through the same generic `batches.create` (contract
+§3: `create_embeddings` is Gemini-API only); their input table holds `content` (and `task_type`,
+`title`) columns, their parameters travel once per job as `modelParameters` (in `extra_body`, which
+google-genai merges into the REST body), and their output holds `predictions` and `status`.
+
 Contract: /work/shared/contract/vertex-batch.md §4. Three things shape this module:
 - `create` is not idempotent. Only a 429 proves nothing was created; after a 5xx, a timeout or a dropped
   connection the job is looked up by its `batchflow_job_key` label and adopted before any new attempt.
@@ -107,10 +112,13 @@ class VertexBackend:
         """Create the job; retry a 429, adopt-or-retry after an ambiguous failure (see module doc)."""
         _check_labels(spec.labels)
         client = self._client(self.project, self.location)
+        body: dict[str, Any] = {"labels": dict(spec.labels)}
+        if spec.model_parameters:  # an embedding job's TextEmbeddingPredictionParams, once per job (§3)
+            body["modelParameters"] = dict(spec.model_parameters)
         config = types.CreateBatchJobConfig(
             dest=spec.output.bq_uri,
             display_name=spec.display_name,
-            http_options=types.HttpOptions(extra_body={"labels": dict(spec.labels)}, timeout=CREATE_TIMEOUT_MS),
+            http_options=types.HttpOptions(extra_body=body, timeout=CREATE_TIMEOUT_MS),
         )
         # Adopt by the job key when there is one, else by all labels; with no labels we cannot tell.
         key = {JOB_KEY_LABEL: spec.labels[JOB_KEY_LABEL]} if JOB_KEY_LABEL in spec.labels else dict(spec.labels)

@@ -39,7 +39,9 @@ JSON_VALUE({{ response }}, '$.promptFeedback.blockReason')
 JSON_VALUE({{ response }}, '$.modelVersion')
 {%- endmacro %}
 
-{# row_outcome(response, status, request=none) -> STRING, the first that applies:
+{# row_outcome(response, status, request=none) -> STRING, the first that applies (for an embedding
+   model, pass its `predictions` as `response`: its rows are 'missing', 'row_error' (a status, or no
+   vector), 'truncated' (statistics.truncated: the text was cut to the model's input limit) or 'ok'):
      'missing'           response and status are both NULL: the row was sent and its job left it out of
                          the output (EXPIRED, CANCELLED, PARTIALLY_SUCCEEDED, a lost local job), or it
                          was never answered;
@@ -82,7 +84,14 @@ CASE
         IF({{ block_reason(response) }} IS NOT NULL, 'prompt_blocked', 'row_error')
     WHEN {{ finish_reason(response) }} IN ('SAFETY', 'RECITATION', 'BLOCKLIST', 'PROHIBITED_CONTENT', 'SPII', 'IMAGE_SAFETY', 'IMAGE_PROHIBITED_CONTENT', 'IMAGE_RECITATION') THEN 'candidate_blocked'
     WHEN {{ finish_reason(response) }} = 'MAX_TOKENS' THEN 'truncated'
-    WHEN {{ response_text(response) }} IS NULL AND COALESCE({{ finish_reason(response) }}, '') != 'STOP' THEN 'candidate_blocked'
+    WHEN {{ response_text(response) }} IS NULL AND COALESCE({{ finish_reason(response) }}, '') != 'STOP' THEN
+        -- no text and no STOP: a blocked candidate, unless the row holds an embedding's predictions
+        CASE
+            WHEN JSON_QUERY({{ response }}, '$[0].embeddings') IS NULL THEN 'candidate_blocked'
+            WHEN COALESCE(ARRAY_LENGTH(JSON_QUERY_ARRAY({{ response }}, '$[0].embeddings.values')), 0) = 0 THEN 'row_error'
+            WHEN {{ embedding_truncated(response) }} THEN 'truncated'
+            ELSE 'ok'
+        END
     ELSE 'ok'
 END
 {%- endmacro %}
@@ -206,4 +215,31 @@ JSON_QUERY({{ bf_answer_json(response) }}, {{ bf_json_path(path) }})
    JSON answer (e.g. 'labels' for {"labels": ["a", "b"]}); NULL when absent or not an array of scalars. #}
 {% macro json_string_array(response, path) -%}
 JSON_VALUE_ARRAY({{ bf_answer_json(response) }}, {{ bf_json_path(path) }})
+{%- endmacro %}
+
+{#- Embedding flatteners: expressions over an embedding batch model's `predictions` (JSON or JSON text)
+    as Vertex writes it: [{"embeddings": {"statistics": {"token_count": 8, "truncated": false},
+    "values": [0.0123, ...]}}]. NULL for a failed row (NULL predictions). -#}
+
+{# embedding_values(predictions) -> ARRAY<FLOAT64>: the vector, in order (empty when absent). #}
+{% macro embedding_values(predictions) -%}
+{%- if target is defined and target.type == 'duckdb' -%}
+bf_embedding_values({{ predictions }})
+{%- else -%}
+ARRAY(SELECT CAST(bf_value AS FLOAT64)
+      FROM UNNEST(JSON_VALUE_ARRAY({{ predictions }}, '$[0].embeddings.values')) AS bf_value WITH OFFSET AS bf_value_offset
+      ORDER BY bf_value_offset)
+{%- endif %}
+{%- endmacro %}
+
+{# embedding_token_count(predictions) -> INT64: statistics.token_count, the tokens the model read. #}
+{% macro embedding_token_count(predictions) -%}
+SAFE_CAST(JSON_VALUE({{ predictions }}, '$[0].embeddings.statistics.token_count') AS INT64)
+{%- endmacro %}
+
+{# embedding_truncated(predictions) -> BOOL: statistics.truncated, true when the text was longer than
+   the model reads (2,048 tokens) and was cut; false when absent from an answered row. #}
+{% macro embedding_truncated(predictions) -%}
+IF(JSON_QUERY({{ predictions }}, '$[0].embeddings') IS NULL, NULL,
+   COALESCE(SAFE_CAST(JSON_VALUE({{ predictions }}, '$[0].embeddings.statistics.truncated') AS BOOL), FALSE))
 {%- endmacro %}

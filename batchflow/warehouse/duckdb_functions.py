@@ -94,8 +94,15 @@ _MACROS: tuple[str, ...] = (
     " WHEN c.finishReason IN ('SAFETY', 'RECITATION', 'BLOCKLIST', 'PROHIBITED_CONTENT', 'SPII', 'IMAGE_SAFETY',"
     " 'IMAGE_PROHIBITED_CONTENT', 'IMAGE_RECITATION') THEN 'candidate_blocked'"
     " WHEN c.finishReason = 'MAX_TOKENS' THEN 'truncated'"
-    " WHEN coalesce(c.finishReason, '') <> 'STOP' AND bf__parts_text(c.content.parts) IS NULL THEN 'candidate_blocked'"
+    " WHEN coalesce(c.finishReason, '') <> 'STOP' AND bf__parts_text(c.content.parts) IS NULL THEN bf__no_text_outcome(r)"
     " ELSE 'ok' END",
+    # No text and no STOP: a blocked candidate, unless `r` is an embedding model's `predictions`
+    # ([{"embeddings": {...}}]). Only rows without text get here, so Gemini answers pay nothing for it.
+    "bf__no_text_outcome(r) AS list_transform([json_extract(bf_safe_parse_json(r), '$[0].embeddings')], lambda e:"
+    " CASE WHEN e IS NULL THEN 'candidate_blocked'"
+    " WHEN coalesce(json_array_length(e, '$.values'), 0) = 0 THEN 'row_error'"
+    " WHEN coalesce(bf_safe_cast_bool(json_extract_string(e, '$.statistics.truncated')), false) THEN 'truncated'"
+    " ELSE 'ok' END)[1]",
     "bf_row_outcome(r, s) AS list_transform([bf__candidate_text(r)], lambda c: bf__outcome(r, s, c))[1]",
     # JSON mode (the request asked for application/json) and a text that does not parse: invalid_json.
     # The check reuses the candidate bf_row_outcome parses once; the request's mime type is read outside
@@ -111,7 +118,21 @@ _MACROS: tuple[str, ...] = (
     "bf_citations(r) AS coalesce(list_transform([bf__candidate_citations(r).citationMetadata],"
     " lambda m: bf__citations(coalesce(m.citations, m.citationSources)))[1], [])",
     "bf_to_json_string(x) AS coalesce(CAST(to_json(x) AS VARCHAR), 'null')",
+    # embedding_values(predictions): the vector of an embedding answer as DOUBLE[] ([] when absent).
+    "bf__double_list(j) AS CASE WHEN json_type(j) = 'ARRAY' THEN TRY_CAST(j AS DOUBLE[]) END",
+    "bf_embedding_values(p) AS coalesce(bf__double_list(json_extract(bf_safe_parse_json(p), '$[0].embeddings.values')),"
+    " CAST([] AS DOUBLE[]))",
 )
+
+
+def _embedding_request_problem_udf(requests):
+    """Vectorised `bf_embedding_request_problem(request_text)`: the rules of
+    `batchflow.requests.embedding_request_problem`, in one place for every target."""
+    import pyarrow as pa
+
+    from batchflow.requests import embedding_request_problem
+
+    return pa.array([embedding_request_problem(r) for r in requests.to_pylist()], type=pa.string())
 
 # --- FarmHash Fingerprint64 (farmhashna::Hash64), what BigQuery's FARM_FINGERPRINT computes ---------
 _M64 = (1 << 64) - 1
@@ -278,6 +299,12 @@ def install(conn: duckdb.DuckDBPyConnection) -> None:
     exists = conn.execute(
         "SELECT count(*) FROM duckdb_functions() WHERE function_name = 'bf_farm_fingerprint'"
     ).fetchall()[0][0]
+    problem = conn.execute(
+        "SELECT count(*) FROM duckdb_functions() WHERE function_name = 'bf_embedding_request_problem'"
+    ).fetchall()[0][0]
+    if not problem:
+        conn.create_function("bf_embedding_request_problem", _embedding_request_problem_udf, ["VARCHAR"], "VARCHAR",
+                             type="arrow", null_handling="special", side_effects=False)
     if not exists:
         conn.create_function(
             "bf_farm_fingerprint",

@@ -16,6 +16,10 @@ Jobs move [QUEUED →] PENDING → RUNNING → terminal on `clock` (`queued_seco
 `running_seconds`, `cancel_seconds`, read when a job is created). On RUNNING a job reads its input
 table (`bq://p.d.t`) and answers each `request` (gemini.py); when it ends it writes the output table
 (contract §2.2: input columns, then `response` JSON, `status` STRING, `processed_time` TIMESTAMP).
+A text-embedding model's job (contract §3, embeddings.py) reads `content` (and `task_type`, `title`)
+columns instead, takes `modelParameters` (outputDimensionality, autoTruncate) from the create body,
+and writes the input columns, then `predictions` (STRING, JSON text) and `status`. A
+`gemini-embedding-*` model with BigQuery input is refused at create (400), as Vertex documents.
 
 Construction: `VertexEmulator(tables, ...)` where `tables` is a `DuckDBTables` / `BigQueryTables`
 (tables.py), a DuckDB file path, a DuckDB connection or a `google.cloud.bigquery.Client`. The server is
@@ -77,6 +81,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pytest
 
+from . import embeddings
 from .gemini import RowResult, RowRule, answer
 from .tables import OUTPUT_COLUMNS, Column, DuckDBTables, Tables, open_tables
 
@@ -160,7 +165,7 @@ class Answer:
     job: str
     table: str
     row: dict[str, Any]  # the input row's columns (JSON columns as text)
-    response: dict | None
+    response: dict | list | None  # an embedding job's row: its predictions list
     status: str
     outcome: str  # ok | invalid | truncated | a row-rule outcome
 
@@ -196,6 +201,11 @@ class Job:
     results: list[RowResult] = field(default_factory=list)
     processed: int = 0  # rows done so far (while running)
     written: int | None = None  # rows in the output table once ended; None = no table
+    parameters: dict[str, Any] = field(default_factory=dict)  # modelParameters (embedding jobs)
+
+    @property
+    def embedding(self) -> bool:
+        return embeddings.is_embedding_model(self.model)
 
 
 class ApiError(Exception):
@@ -443,8 +453,9 @@ class VertexEmulator:
         if not self.tables.exists(uri):
             return self._fail(job, job.started, 3, f"Failed to import data. Not found: Table {uri[5:]} was not found.")
         columns = self.tables.columns(uri)
-        if "request" not in [c.name for c in columns]:
-            return self._fail(job, job.started, 3, "Failed to import data. The input table has no `request` column.")
+        needed = "content" if job.embedding else "request"
+        if needed not in [c.name for c in columns]:
+            return self._fail(job, job.started, 3, f"Failed to import data. The input table has no `{needed}` column.")
         bad = [c for c in columns if c.type.split("<")[0] in _FORBIDDEN_INPUT_TYPES]
         if bad:
             return self._fail(
@@ -453,6 +464,11 @@ class VertexEmulator:
         try:
             data = self.tables.read(uri)
             job.columns, job.input = columns, data.select([c.name for c in columns])
+            if job.embedding:
+                fields = [f for f in embeddings.INSTANCE_FIELDS if f in data.column_names]
+                for row in data.select(fields).to_pylist():
+                    job.results.append(embeddings.answer(row, job.model, job.parameters, self.row_rules))
+                return
             texts = data.column("request").to_pylist()
             model, total = job.model.rsplit("/", 1)[-1], len(texts)
             for i, text in enumerate(texts):
@@ -502,6 +518,17 @@ class VertexEmulator:
         """Create the output table with the first `rows` rows (contract §2.2 columns)."""
         results = job.results[:rows]
         head = job.input.slice(0, rows)
+        if job.embedding:  # contract §3: input columns, predictions (JSON text), status
+            extra = [pa.array([embeddings.predictions_text(r) for r in results], pa.string()),
+                     pa.array([r.status for r in results], pa.string())]
+            names = [c.name for c in job.columns] + [name for name, _ in embeddings.OUTPUT_COLUMNS]
+            table = pa.Table.from_arrays([head.column(i) for i in range(head.num_columns)] + extra, names=names)
+            self.tables.create_output(job.output_table_uri, job.columns + [
+                Column(name, kind) for name, kind in embeddings.OUTPUT_COLUMNS], table)
+            for row, result in zip(head.to_pylist(), results):
+                self.answers.append(Answer(job.name, job.output_table_uri, row, result.response, result.status,
+                                           result.outcome))
+            return
         times = [self._wall(_row_at(job, i, len(job.results))) for i in range(rows)]
         extra = [
             pa.array([json.dumps(r.response, ensure_ascii=False) if r.response is not None else None for r in results],
@@ -566,6 +593,12 @@ class VertexEmulator:
         model = body.get("model") or ""
         if not _MODEL.match(model):
             raise ApiError(400, f"Invalid model name {model!r}.")
+        if re.match(r"^(gemini-embedding-|multimodalembedding)", model.rsplit("/", 1)[-1]):
+            raise ApiError(400, f"Model {model} does not support BigQuery input for batch prediction; "
+                                "use JSONL files in Cloud Storage.")
+        parameters = body.get("modelParameters") or {}
+        if not isinstance(parameters, dict):
+            raise ApiError(400, "Invalid JSON payload received. modelParameters must be an object.")
         inp, outp = body.get("inputConfig") or {}, body.get("outputConfig") or {}
         input_uri = (inp.get("bigquerySource") or {}).get("inputUri") or ""
         output_uri = (outp.get("bigqueryDestination") or {}).get("outputUri") or ""
@@ -617,6 +650,7 @@ class VertexEmulator:
             state="JOB_STATE_QUEUED" if self.queued_seconds > 0 else "JOB_STATE_PENDING",
             updated=now,
         )
+        job.parameters = dict(parameters)
         job.history.append(job.state)
         self.next_job_outcome = self.next_job_error = self.next_job_output_rows = None
         self.jobs[job_id] = job

@@ -96,6 +96,14 @@ class Provider(Protocol):
         """Make one real call (or none, for an in-process provider) and say what answered; raise
         ExecutionError when nothing does (`batchflow debug`)."""
 
+    def embed_json(self, model: str, instances: Sequence[dict], parameters: dict) -> tuple[list, list[str]]:
+        """An embedding job's rows (contract §3) → (predictions, statuses) columns. `instances[i]` is
+        row i's predict instance (`content`, and `task_type` / `title` when the job's input has them,
+        None for NULL cells); `parameters` the job's (`outputDimensionality`, `autoTruncate`).
+        ``predictions[i]`` is Vertex's JSON text
+        ``[{"embeddings": {"statistics": {"token_count": n, "truncated": b}, "values": [...]}}]`` (None
+        for a failed row), ``statuses[i]`` "" or the row's error status."""
+
 
 class BaseProvider(ABC):
     """The defaults of `Provider` for a provider to inherit: not CPU-bound (threads answer it, never
@@ -115,6 +123,18 @@ class BaseProvider(ABC):
 
     def check(self) -> str:
         return f"{self.name} answers in this process"
+
+    def embed_json(self, model: str, instances: Sequence[dict], parameters: dict) -> tuple[list, list[str]]:
+        """Providers answer Gemini requests unless they say otherwise: every row fails with 501."""
+        failure = error_status(501, f"provider {self.name} does not answer embedding models such as {model}")
+        return [None] * len(instances), [failure] * len(instances)
+
+
+def predictions_text(values: Sequence[float], token_count: int, truncated: bool) -> str:
+    """Vertex's `predictions` JSON text for one embedded text (contract §3)."""
+    body = {"embeddings": {"statistics": {"token_count": int(token_count), "truncated": bool(truncated)},
+                           "values": [float(v) for v in values]}}
+    return _dumps([body])
 
 
 #: google.rpc canonical codes for the HTTP statuses Vertex maps them to.

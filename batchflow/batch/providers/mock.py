@@ -30,13 +30,34 @@ Failure injection (config ``{"failures": [rule, ...]}``); the first matching rul
 - ``outcome``: ``recitation`` | ``safety`` | ``prompt_blocked`` | ``max_tokens`` | ``row_error`` |
   ``transient_error`` (shapes in contract §2.2/§2.4).
 
+Embeddings (text-embedding models, `embed_json`): the contract of the test doubles, which the Vertex
+emulator (tests/emulators/embeddings.py) implements independently, so the same rows get the same
+vectors through both backends. A row's answer depends on its `content` text and the job's
+parameters only (not on `task_type` or `title`):
+- tokens: n = the matches of the regex ``\\w+|[^\\w\\s]`` in the text (Python `re`, Unicode);
+  ``truncated = n > 2048``, ``token_count = min(n, 2048)``; with ``autoTruncate: false`` a text of
+  more than 2,048 tokens is a 400 INVALID_ARGUMENT row error instead.
+- dimension d = `outputDimensionality`, else 768.
+- raw values: the 4-byte big-endian unsigned integers u_0, u_1, ... of the byte stream
+  ``SHA-256(utf8(text) + b"\\x00" + ascii(str(k)))`` for k = 0, 1, 2, ... concatenated (8 integers a
+  digest); ``raw_i = u_i / 2**31 - 1`` for i < d (so a shorter vector is a prefix, renormalised).
+- ``values_i = raw_i / sqrt(math.fsum(raw_j * raw_j for j < d))``: a unit vector, bit-identical in any
+  implementation (fsum and sqrt are correctly rounded).
+- ``predictions = [{"embeddings": {"statistics": {"token_count": ..., "truncated": ...}, "values": [...]}}]``.
+Failure rules apply to embedding rows with the outcomes ``row_error`` and ``transient_error``
+(``when_prompt_contains`` matches the content); the other outcomes concern Gemini answers only.
+
 Other config: ``traffic_type`` (usageMetadata.trafficType, default ``ON_DEMAND``; the SDK's
 TrafficType enum has no BATCH value).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -50,6 +71,7 @@ from batchflow.batch.providers.base import (
     _dumps,
     error_status,
     parse_request,
+    predictions_text,
     row_error,
     system_text,
 )
@@ -253,6 +275,35 @@ class MockProvider(BaseProvider):
             else:
                 responses[i] = text
         return responses, statuses
+
+    def embed_json(self, model: str, instances: Sequence[dict], parameters: dict) -> tuple[list, list[str]]:
+        """Deterministic unit vectors for an embedding job's rows (see "Embeddings" above)."""
+        dimensions = int(parameters.get("outputDimensionality") or EMBEDDING_DIMENSIONS)
+        auto_truncate = parameters.get("autoTruncate") is not False
+        rules = [r for r in self.rules if r.outcome in ("row_error", "transient_error")]
+        predictions: list[str | None] = []
+        statuses: list[str] = []
+        for instance in instances:
+            text = (instance or {}).get("content")
+            if not isinstance(text, str) or not text.strip():
+                predictions.append(None)
+                statuses.append(error_status(400, "The text content is empty.", "INVALID_ARGUMENT"))
+                continue
+            rule = next((r for r in rules if r.matches(text, model, int(hashlib.sha256(text.encode()).hexdigest()[:16], 16))), None)
+            if rule is not None:
+                predictions.append(None)
+                statuses.append(_ROW_ERROR if rule.outcome == "row_error" else _TRANSIENT)
+                continue
+            tokens = embedding_token_count(text)
+            if tokens > EMBEDDING_MAX_TOKENS and not auto_truncate:
+                predictions.append(None)
+                statuses.append(error_status(400, f"The input has {tokens} tokens, more than the {EMBEDDING_MAX_TOKENS} "
+                                                  "the model accepts, and autoTruncate is false.", "INVALID_ARGUMENT"))
+                continue
+            predictions.append(predictions_text(mock_embedding(text, dimensions), min(tokens, EMBEDDING_MAX_TOKENS),
+                                                tokens > EMBEDDING_MAX_TOKENS))
+            statuses.append("")
+        return predictions, statuses
 
     def _version(self, model: str) -> str:
         version = self._versions.get(model)
@@ -742,3 +793,29 @@ def _num(value: Any, default: float) -> float:
         return float(value) if value is not None else default
     except (TypeError, ValueError):
         return default
+
+
+# -- embeddings (see "Embeddings" in the module docstring) --------------------------------------------
+
+EMBEDDING_DIMENSIONS = 768  # the text-embedding models' default
+EMBEDDING_MAX_TOKENS = 2048  # what one text may hold before it is truncated
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_EIGHT = struct.Struct(">8I")
+
+
+def embedding_token_count(text: str) -> int:
+    """Tokens of `text` by the double's rule: word runs and single non-space symbols."""
+    return sum(1 for _ in _TOKEN.finditer(text))
+
+
+def mock_embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The unit vector of `text` (`dimensions` values), derived from SHA-256 as documented above."""
+    data = text.encode("utf-8") + b"\x00"
+    raw: list[float] = []
+    k = 0
+    while len(raw) < dimensions:
+        raw.extend(u / 2**31 - 1 for u in _EIGHT.unpack(hashlib.sha256(data + str(k).encode("ascii")).digest()))
+        k += 1
+    del raw[dimensions:]
+    norm = math.sqrt(math.fsum(v * v for v in raw))
+    return [v / norm for v in raw]

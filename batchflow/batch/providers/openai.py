@@ -14,6 +14,14 @@ frequencyPenalty → temperature/top_p/max_tokens/stop/n/seed/presence_penalty/f
 ``{"type": "json_schema", ...}`` when a `responseSchema`/`responseJsonSchema` is given.
 `fileData` parts, tools and function calls have no chat-completions equivalent: such rows fail with
 a 400 INVALID_ARGUMENT row error naming the reason.
+
+Embedding models (text-embedding-005, ...: `embed_json`): ``POST {base_url}/embeddings`` with
+``{"model": <embedding_model or the batch model>, "input": [texts]}`` (``"dimensions"`` when the job
+sets `outputDimensionality`), `embedding_batch_size` texts a call (default 32). Each `data[]` item's
+`embedding` becomes the row's `values`, in Vertex's `predictions` shape. `token_count`: the call's
+`usage.prompt_tokens`, shared among its texts in proportion to their length (exact for a call of one
+text); `truncated` is false (the endpoint does not say). `task_type` and `title` have no OpenAI
+equivalent and are not sent. A failed call fails its texts with its status.
 """
 
 from __future__ import annotations
@@ -28,7 +36,15 @@ from typing import Any
 import httpx
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from batchflow.batch.providers.base import BaseProvider, ProviderResult, as_list, error_status, get2, row_error
+from batchflow.batch.providers.base import (
+    BaseProvider,
+    ProviderResult,
+    as_list,
+    error_status,
+    get2,
+    predictions_text,
+    row_error,
+)
 from batchflow.errors import ConfigError
 
 _FINISH = {
@@ -83,12 +99,14 @@ class OpenAIProvider(BaseProvider):
             if not api_key:
                 raise ConfigError(f"openai provider: environment variable {config['api_key_env']} is not set")
         self.model = config.get("model") or None
+        self.embedding_model = config.get("embedding_model") or None
         try:
             self.timeout = float(config.get("timeout", 120))
             self.concurrency = max(1, int(config.get("concurrency", 8)))
             self.max_attempts = max(1, int(config.get("max_attempts", 4)))
             self.backoff_initial = float(config.get("backoff_initial", 0.5))
             self.backoff_max = float(config.get("backoff_max", 8))
+            self.embedding_batch_size = max(1, int(config.get("embedding_batch_size", 32)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"openai provider: bad numeric option: {exc}") from exc
         headers = {"Content-Type": "application/json"}
@@ -130,6 +148,51 @@ class OpenAIProvider(BaseProvider):
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bf-openai")
         return list(self._pool.map(lambda r: self._one(model, r), requests))
 
+    def embed_json(self, model: str, instances: list[dict], parameters: dict) -> tuple[list, list[str]]:
+        """An embedding job's rows through ``POST {base_url}/embeddings`` (see the module docstring)."""
+        n = len(instances)
+        predictions: list[str | None] = [None] * n
+        statuses: list[str] = [""] * n
+        rows = []
+        for i, instance in enumerate(instances):
+            text = (instance or {}).get("content")
+            if isinstance(text, str) and text.strip():
+                rows.append(i)
+            else:
+                statuses[i] = error_status(400, "The text content is empty.", "INVALID_ARGUMENT")
+        size = self.embedding_batch_size
+        calls = [rows[k:k + size] for k in range(0, len(rows), size)]
+        body: dict[str, Any] = {"model": self.embedding_model or model}
+        if parameters.get("outputDimensionality"):
+            body["dimensions"] = int(parameters["outputDimensionality"])
+
+        def one(call: list[int]) -> None:
+            texts = [instances[i]["content"] for i in call]
+            try:
+                answer = self._post({**body, "input": texts}, "embeddings", "data")
+                vectors = to_embeddings(answer, len(texts))
+            except _HTTPFailure as exc:
+                for i in call:
+                    statuses[i] = exc.status
+                return
+            except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its rows, not the job
+                for i in call:
+                    statuses[i] = error_status(502, f"Unreadable answer from {self.base_url}/embeddings: "
+                                                    f"{type(exc).__name__}: {exc}")
+                return
+            for i, (values, tokens) in zip(call, _share_tokens(vectors, texts, answer)):
+                predictions[i] = predictions_text(values, tokens, False)
+
+        if len(calls) <= 1 or self.concurrency == 1:
+            for call in calls:
+                one(call)
+        else:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bf-openai")
+            list(self._pool.map(one, calls))
+        return predictions, statuses
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -152,7 +215,7 @@ class OpenAIProvider(BaseProvider):
         except Exception as exc:  # noqa: BLE001
             return row_error(502, f"Unreadable answer from {self.base_url}: {type(exc).__name__}: {exc}")
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, body: dict, path: str = "chat/completions", answer_key: str = "choices") -> dict:
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
@@ -160,12 +223,12 @@ class OpenAIProvider(BaseProvider):
             reraise=True,
         )
         try:
-            return retrying(self._attempt, body)
+            return retrying(self._attempt, body, path, answer_key)
         except RetryError as exc:  # pragma: no cover - reraise=True gives the last _HTTPFailure
             raise exc.last_attempt.exception() from None
 
-    def _attempt(self, body: dict) -> dict:
-        url = f"{self.base_url}/chat/completions"
+    def _attempt(self, body: dict, path: str = "chat/completions", answer_key: str = "choices") -> dict:
+        url = f"{self.base_url}/{path}"
         try:
             resp = self._client.post(url, content=json.dumps(body, ensure_ascii=False).encode())
         except httpx.TimeoutException as exc:
@@ -185,7 +248,7 @@ class OpenAIProvider(BaseProvider):
             raise _HTTPFailure(error_status(502, f"{url} answered with invalid JSON: {exc}", "UNAVAILABLE"), True)
         if not isinstance(answer, dict):
             raise _HTTPFailure(error_status(502, f"{url} answered with a non-object JSON", "UNAVAILABLE"), True)
-        if "error" in answer and "choices" not in answer:  # some servers answer errors with HTTP 200
+        if "error" in answer and answer_key not in answer:  # some servers answer errors with HTTP 200
             raise _HTTPFailure(error_status(500, _message_of(answer["error"])), True)
         return answer
 
@@ -376,6 +439,35 @@ def to_gemini_response(answer: dict) -> dict:
             datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         )
     return response
+
+
+def to_embeddings(answer: dict, count: int) -> list[list[float]]:
+    """The vectors of an OpenAI embeddings answer, in input order (`data[].index`)."""
+    data = answer.get("data")
+    if not isinstance(data, list) or len(data) != count:
+        raise ValueError(f"expected {count} embeddings in `data`, got {len(data) if isinstance(data, list) else data!r}")
+    ordered = sorted(data, key=lambda d: d.get("index", 0)) if all("index" in d for d in data) else data
+    vectors = []
+    for item in ordered:
+        values = item.get("embedding")
+        if not isinstance(values, list) or not values:
+            raise ValueError("an item of `data` has no `embedding` list (base64 encoding is not supported)")
+        vectors.append([float(v) for v in values])
+    return vectors
+
+
+def _share_tokens(vectors: list[list[float]], texts: list[str], answer: dict) -> list[tuple[list[float], int]]:
+    """Each vector with its text's share of `usage.prompt_tokens` (by length, largest remainder)."""
+    usage = answer.get("usage") or {}
+    total = usage.get("prompt_tokens", usage.get("total_tokens"))
+    if not isinstance(total, int):
+        return [(v, 0) for v in vectors]
+    lengths = [max(len(t), 1) for t in texts]
+    exact = [total * n / sum(lengths) for n in lengths]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(texts)), key=lambda i: exact[i] - shares[i], reverse=True)[: total - sum(shares)]:
+        shares[i] += 1
+    return list(zip(vectors, shares))
 
 
 def _error_message(resp: httpx.Response) -> str:
