@@ -27,10 +27,18 @@ def open_warehouse(target: Target, project: Project) -> Warehouse:
     raise ConfigError(f"target {target.name!r} has unknown type {target.type!r}", target.profiles_file)
 
 
-def open_backend(target: Target, warehouse: Warehouse) -> BatchBackend:
-    """The batch backend of `target` (`batch.backend`: local or vertex)."""
+def backend_name(target: Target, online: bool = False) -> str:
+    """Which backend answers this target's batch models: `online` with --online, else `batch.backend`."""
+    return "online" if online else str(target.batch.get("backend") or ("local" if target.type == "duckdb" else "vertex"))
+
+
+def open_backend(target: Target, warehouse: Warehouse, online: bool = False) -> BatchBackend:
+    """The batch backend of `target` (`batch.backend`: local, vertex or online); `online` (--online)
+    answers every request at once instead, with the target's `online:` options."""
     config = dict(target.batch)
-    backend = config.get("backend", "local" if target.type == "duckdb" else "vertex")
+    backend = backend_name(target, online)
+    if backend == "online":
+        return _online_backend(target, config, warehouse)
     if backend == "local":
         from batchflow.batch.local import LocalBackend
         from batchflow.batch.providers import make_provider
@@ -46,7 +54,7 @@ def open_backend(target: Target, warehouse: Warehouse) -> BatchBackend:
     if backend == "vertex":
         return _vertex_backend(target, config)
     raise ConfigError(
-        f"batch backend {backend!r} of target {target.name!r} is unknown; choose 'local' or 'vertex'",
+        f"batch backend {backend!r} of target {target.name!r} is unknown; choose 'local', 'vertex' or 'online'",
         target.profiles_file,
     )
 
@@ -81,3 +89,23 @@ def _vertex_backend(target: Target, config: dict) -> BatchBackend:
         api_version=config.get("api_version"),
         poll_interval=float(config.get("poll_interval", 30.0)),
     )
+
+
+def _online_backend(target: Target, config: dict, warehouse: Warehouse) -> BatchBackend:
+    """Requests answered at once by google-genai. A `backend: online` block holds the options itself;
+    otherwise its `online:` mapping does, over what a vertex target already says (project, location,
+    token, host: the same service answers batch jobs and online calls)."""
+    from batchflow.batch.online import GenaiAnswerer, OnlineBackend, online_options
+
+    if config.get("backend") == "online":
+        settings = {k: v for k, v in config.items() if k not in ("backend", "provider")}
+    else:
+        settings = {}
+        if config.get("backend", "vertex" if target.type == "bigquery" else "local") == "vertex":
+            settings = {"project": config.get("project") or target.database,
+                        "location": config.get("location") or target.settings.get("location"),
+                        **{k: config[k] for k in ("access_token", "base_url", "api_version") if config.get(k)}}
+            settings = {k: v for k, v in settings.items() if v}
+        settings.update(config.get("online") or {})
+    options = online_options(settings, where=f"target {target.name!r} ({target.profiles_file})")
+    return OnlineBackend(warehouse, GenaiAnswerer(options))

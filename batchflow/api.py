@@ -19,9 +19,11 @@ and adapters are imported by the functions that need them.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from batchflow.interrupt import Interrupt
     from batchflow.lifecycle import BatchProgress, RunFlags
     from batchflow.project import ConfigWarning, Project, Target
+    from batchflow.graph import NodeInfo
     from batchflow.runner import NodeResult
 
 PathLike = "str | Path"
@@ -104,7 +107,7 @@ class RunReport:
         """The CLI's exit code: 130/143 interrupted, 1 when a node or test failed, else 0."""
         if self.interrupted:
             return 143 if self.interrupted == "SIGTERM" else 130
-        return 1 if any(r.status == "error" for r in self.results) else 0
+        return 1 if any(r.status in ("error", "fail") for r in self.results) else 0
 
 
 @dataclass
@@ -116,11 +119,13 @@ class CompileReport:
     #: (model, "valid" | "invalid" | "skipped", message, bytes) per model, with validate only
     validation: list[tuple[str, str, str, Optional[int]]] = field(default_factory=list)
     warnings: list[Any] = field(default_factory=list)
+    #: (model, its error) per selected model that failed to render or parse (the others compiled)
+    errors: list[tuple[str, BatchflowError]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """No model failed its dry run."""
-        return all(status != "invalid" for _, status, _, _ in self.validation)
+        """Every selected model compiled and none failed its dry run."""
+        return not self.errors and all(status != "invalid" for _, status, _, _ in self.validation)
 
 
 @dataclass
@@ -153,6 +158,8 @@ class Session:
     target: "Target"
     compiler: "Compiler"
     manifest: "Manifest"
+    #: the dbt selection graph (batchflow.selection.Selection), built on first use
+    selection: Any = None
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -176,8 +183,11 @@ def parse_vars(text: Optional[str | dict[str, Any]]) -> dict[str, Any]:
 
 
 def load(project_dir: PathLike = ".", profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
-         vars: Optional[str | dict[str, Any]] = None, on_warnings: Optional[WarningsFn] = None) -> Session:
-    """Load the project and profile and compile every model."""
+         vars: Optional[str | dict[str, Any]] = None, on_warnings: Optional[WarningsFn] = None,
+         warn_uncompiled: bool = True) -> Session:
+    """Load the project and profile and compile every model. A model that fails to render or parse fails
+    alone, as in dbt (`Manifest.errors`; building it is an error, what reads it is skipped); with
+    `warn_uncompiled` each one is also a warning (file:line). Configuration errors raise."""
     from batchflow.compiler import Compiler
     from batchflow.project import load_profile, load_project
 
@@ -189,25 +199,60 @@ def load(project_dir: PathLike = ".", profiles_dir: Optional[PathLike] = None, t
         project = load_project(Path(project_dir).resolve(), parse_vars(vars))
         tgt = load_profile(project, Path(profiles_dir) if profiles_dir else None, target)
         compiler = Compiler(project, tgt)
-        session = Session(project, tgt, compiler, compiler.compile())
+        session = Session(project, tgt, compiler, compiler.compile(keep_going=True))
     finally:
         gc.set_threshold(*thresholds)
+    if warn_uncompiled:
+        session.manifest.warnings += uncompiled_warnings(session.manifest)
     if on_warnings is not None:
         on_warnings(session.manifest.warnings)
     return session
 
 
+def uncompiled_warnings(manifest: "Manifest", skip: Iterable[str] = ()) -> list["ConfigWarning"]:
+    """A warning (file:line of the error) for each model that did not compile, but those in `skip`."""
+    from batchflow.project import ConfigWarning
+
+    skipped = set(skip)
+    return [ConfigWarning(f"model {name!r} did not compile: {error.message}", error.path, error.line)
+            for name, error in manifest.errors.items() if name not in skipped]
+
+
+def selection(session: Session, with_state: bool = False) -> Any:
+    """The session's dbt selection graph (`batchflow.selection.Selection`), built once."""
+    from batchflow.selection import build
+
+    if session.selection is None or (with_state and not session.selection.with_state):
+        session.selection = build(session.manifest, with_state=with_state)
+    return session.selection
+
+
+def select_ids(session: Session, select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None,
+               selector: Optional[str] = None, state: Optional[PathLike] = None) -> set[str]:
+    """dbt unique ids chosen by `--select`/`--exclude`, or by a selectors.yml `selector`, as dbt chooses
+    (tests follow the nodes they test); `state` is a folder with a previous manifest.json (and
+    run_results.json) for `state:` and `result:` selectors."""
+    from batchflow.selection import load_state
+
+    previous = load_state(state) if state else None
+    return selection(session, with_state=previous is not None).select(select, exclude, selector, previous)
+
+
 def select_nodes(session: Session, select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None,
-           resource_types: tuple[str, ...] = ("model", "seed")) -> set[str]:
-    """Names chosen by dbt selection syntax, of the given resource types."""
-    chosen = session.manifest.graph.select(list(select) if select else None, list(exclude) if exclude else None)
-    return {n for n in chosen if session.manifest.nodes[n].resource_type in resource_types}
+                 resource_types: tuple[str, ...] = ("model", "seed"), selector: Optional[str] = None,
+                 state: Optional[PathLike] = None) -> set[str]:
+    """Names (keys of Manifest.nodes) chosen by dbt selection syntax, of the given resource types."""
+    chosen = select_ids(session, select, exclude, selector, state)
+    keys = selection(session).keys
+    return {keys[u] for u in chosen if u in keys and session.manifest.nodes[keys[u]].resource_type in resource_types}
 
 
-def answering(target: "Target") -> tuple[str, bool]:
+def answering(target: "Target", online: bool = False) -> tuple[str, bool]:
     """Who answers this target's batch requests, and whether it is the mock (not real model output)."""
     batch = target.batch or {}
-    backend = batch.get("backend") or ("local" if target.type == "duckdb" else "vertex")
+    backend = "online" if online else batch.get("backend") or ("local" if target.type == "duckdb" else "vertex")
+    if backend == "online":
+        return "online calls to Gemini (google-genai generate_content, online prices)", False
     if backend == "vertex":
         where = batch.get("location") or target.settings.get("location") or ""
         return f"Vertex AI batch prediction{f' ({where})' if where else ''}", False
@@ -223,23 +268,41 @@ def answering(target: "Target") -> tuple[str, bool]:
 
 
 def run_flags(dry_run: bool = False, no_wait: bool = False, retry_failed: bool = False,
-              resubmit_batches: bool = False, full_refresh: bool = False) -> "RunFlags":
+              resubmit_batches: bool = False, full_refresh: bool = False, online: bool = False,
+              sample: Optional[int] = None, sample_fraction: Optional[float] = None) -> "RunFlags":
     """The batch switches of a run, with the combinations that make no sense refused."""
     from batchflow.lifecycle import RunFlags
+
+    check_sample(sample, sample_fraction)
+    if online and no_wait:
+        raise ConfigError("--online answers while the command runs; --no-wait does not apply to it")
 
     if resubmit_batches and not full_refresh:
         raise ConfigError("--resubmit-batches pays for every request again; it only works with --full-refresh")
     if dry_run and (no_wait or retry_failed):
         raise ConfigError("--dry-run submits nothing; it cannot be combined with --no-wait or --retry-failed")
-    return RunFlags(dry_run=dry_run, no_wait=no_wait, retry_failed=retry_failed, resubmit_all=resubmit_batches)
+    return RunFlags(dry_run=dry_run, no_wait=no_wait, retry_failed=retry_failed, resubmit_all=resubmit_batches,
+                    online=online, sample=sample, sample_fraction=sample_fraction)
+
+
+def check_sample(sample: Optional[int], sample_fraction: Optional[float]) -> None:
+    """--sample N (N ≥ 1) or --sample-fraction p (0 < p ≤ 1), not both."""
+    if sample is not None and sample_fraction is not None:
+        raise ConfigError("--sample and --sample-fraction pick the same rows two ways; give one")
+    if sample is not None and sample < 1:
+        raise ConfigError(f"--sample must be 1 or more, got {sample}")
+    if sample_fraction is not None and not 0 < sample_fraction <= 1:
+        raise ConfigError(f"--sample-fraction must be over 0 and at most 1, got {sample_fraction}")
 
 
 def _execute(command: str, project_dir: PathLike, *, profiles_dir: Optional[PathLike], target: Optional[str],
              select_: Optional[Iterable[str]], exclude: Optional[Iterable[str]], vars: Any, threads: Optional[int],
              full_refresh: bool, flags: "RunFlags", resource_types: tuple[str, ...], with_tests: bool,
              stale_seeds: bool, reporter: Optional[Reporter], interrupt: Optional["Interrupt"],
-             on_warnings: Optional[WarningsFn]) -> RunReport:
-    from batchflow.adapters import open_backend, open_warehouse
+             on_warnings: Optional[WarningsFn], selector: Optional[str] = None,
+             state: Optional[PathLike] = None, defer: bool = False,
+             snapshot_time: Optional[datetime] = None) -> RunReport:
+    from batchflow.adapters import backend_name, open_backend, open_warehouse
     from batchflow.artifacts import write_compiled, write_manifest, write_run_results
     from batchflow.interrupt import Interrupt
     from batchflow.runner import RunOptions, Runner
@@ -247,91 +310,173 @@ def _execute(command: str, project_dir: PathLike, *, profiles_dir: Optional[Path
     reporter = reporter or Reporter()
     interrupt = interrupt or Interrupt()
     started = time.perf_counter()
-    session = load(project_dir, profiles_dir, target, vars, on_warnings)
+    session = load(project_dir, profiles_dir, target, vars, warn_uncompiled=False)
     write_compiled(session.manifest)
-    write_manifest(session.manifest, command)
-    selected = select_nodes(session, select_, exclude, resource_types)
+    session.manifest.warnings += _write_analyses(session)
+    if defer and not state:
+        raise ConfigError("--defer needs --state DIR: the folder of the manifest.json whose relations unbuilt "
+                          "parents resolve to")
+    chosen = select_ids(session, select_, exclude, selector, state)
+    write_manifest(session.manifest, command, selection(session, with_state=True))
+    keys = selection(session).keys
+    selected = {keys[u] for u in chosen if u in keys and session.manifest.nodes[keys[u]].resource_type in resource_types}
+    session.manifest.warnings += uncompiled_warnings(session.manifest, skip=selected)  # selected: an ERROR result
+    if on_warnings is not None:
+        on_warnings(session.manifest.warnings)
+    if backend_name(session.target) == "online" and not flags.online:  # `backend: online`: every run is online
+        flags = dataclasses.replace(flags, online=True)
     options = RunOptions(threads=threads or session.target.threads, full_refresh=full_refresh,
-                         load_source_samples=session.target.type == "duckdb", batch=flags, interrupt=interrupt)
+                         load_source_samples=session.target.type == "duckdb", batch=flags, interrupt=interrupt,
+                         snapshot_time=snapshot_time)
     warehouse = open_warehouse(session.target, session.project)
     try:
+        if defer:  # parents left out of the selection and not built here are read where the state built them
+            from batchflow.selection import apply_defer, load_state
+
+            apply_defer(session.manifest, selected, load_state(state),  # type: ignore[arg-type]
+                        lambda node: warehouse.kind(node.relation) is not None)
         if stale_seeds:  # seeds are nodes: load those the selection reads that are missing or changed
             from batchflow.seeds import stale_seeds as stale, upstream_seeds
 
             selected |= stale(session.manifest, warehouse, upstream_seeds(session.manifest, selected) - selected)
-        who, mock = answering(session.target)
+        who, mock = answering(session.target, flags.online)
         start = RunStart(command, session.project.name, session.target.name, session.target.type, len(selected), who,
                          mock, sum(session.manifest.nodes[n].materialized == "batch" for n in selected))
         reporter.run_started(start)
         runner = Runner(session.manifest, session.compiler, warehouse,
-                        lambda: open_backend(session.target, warehouse), reporter, options)
-        results = runner.run(selected)
-        if with_tests and not interrupt.is_set():  # dbt's habit: build = seeds + models + the tests of what was built
-            built = {r.name for r in results if r.status == "success"}
-            results += _run_tests(session, warehouse, built, reporter)
+                        lambda: open_backend(session.target, warehouse, online=flags.online), reporter, options)
+        results = _with_project_hooks(session, warehouse, flags.dry_run, lambda: runner.run(
+            selected, *_checks(session, warehouse, chosen, selected)) if with_tests else runner.run(selected), reporter)
     finally:
         warehouse.close()
     elapsed = time.perf_counter() - started
-    write_run_results(session.manifest, command, results, elapsed, options.run_id)
+    write_run_results(session.manifest, command, results, elapsed, options.run_id, selection(session))
     return RunReport(command, start, results, elapsed, options.run_id, dry_run=flags.dry_run,
                      full_refresh=full_refresh, resubmit_batches=flags.resubmit_all,
                      interrupted=interrupt.name if interrupt.is_set() else None,
                      warnings=list(session.manifest.warnings))
 
 
-def _run_tests(session: Session, warehouse: Any, nodes: set[str], reporter: Reporter) -> list["NodeResult"]:
-    from batchflow import testing
+def _write_analyses(session: Session) -> list[Any]:
+    """Compile the project's analyses to target/compiled (never run); warnings for those that fail."""
+    from batchflow.analyses import compile_analyses
 
-    results = testing.run(testing.collect(session.manifest, nodes), session.manifest, warehouse)
-    for result in results:
-        reporter.test_finished(result)
-    return results
+    return compile_analyses(session.compiler)[1]
+
+
+def _with_project_hooks(session: Session, warehouse: Any, dry_run: bool,
+                        body: Callable[[], list["NodeResult"]], reporter: Optional[Reporter] = None
+                        ) -> list["NodeResult"]:
+    """`body()` between the project's on-run-start and on-run-end hooks (not in a dry run). A failing
+    on-run-start hook stops the command before anything runs, as in dbt."""
+    if dry_run:
+        return body()
+    from batchflow.hooks import run_project_hooks
+
+    def report(done: list["NodeResult"]) -> list["NodeResult"]:
+        for result in done:
+            if reporter is not None:
+                reporter.test_finished(result)
+        return done
+
+    start = report(run_project_hooks("on-run-start", session.compiler, session.manifest, warehouse))
+    if any(r.status == "error" for r in start):
+        return start
+    results = body()
+    return start + results + report(run_project_hooks("on-run-end", session.compiler, session.manifest,
+                                                      warehouse, results))
+
+
+def _checks(session: Session, warehouse: Any, chosen: set[str], selected: set[str]
+            ) -> tuple[list[Any], Callable[[Any], "NodeResult"], dict[str, set[str]]]:
+    """The data tests and unit tests among `chosen` unique ids, the function that runs one, and which
+    selected nodes wait for each (dbt's build order: a model waits for the tests of the nodes it reads,
+    unless a test also reads the model or what it feeds, and for its own unit tests)."""
+    from batchflow import testing, unit_tests
+
+    manifest = session.manifest
+    sel = selection(session)
+    data = testing.collect(manifest, sel, chosen)
+    units = unit_tests.collect(manifest, sel, chosen)
+    blocks: dict[str, set[str]] = {}
+    below: dict[str, set[str]] = {}
+
+    def downstream(name: str) -> set[str]:
+        if name not in below:
+            below[name] = manifest.graph.downstream(name) | {name}
+        return below[name]
+
+    for test in data:
+        if test.node is None:
+            continue
+        blocks[test.key] = {n for n in selected if test.node in manifest.nodes[n].depends_on
+                            and not any(d in downstream(n) for d in test.depends_on)}
+    for unit in units:
+        blocks[unit.key] = {unit.model}
+
+    def run_check(check: Any) -> "NodeResult":
+        if isinstance(check, unit_tests.UnitTest):
+            return unit_tests.run_one(check, session.compiler, manifest, warehouse)
+        return testing.run_one(check, session.compiler, manifest, warehouse)
+
+    return [*data, *units], run_check, blocks
 
 
 def run(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
         select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
         threads: Optional[int] = None, full_refresh: bool = False, dry_run: bool = False, no_wait: bool = False,
         retry_failed: bool = False, resubmit_batches: bool = False, reporter: Optional[Reporter] = None,
-        interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None) -> RunReport:
+        interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None,
+        selector: Optional[str] = None, state: Optional[PathLike] = None, defer: bool = False, online: bool = False,
+        sample: Optional[int] = None, sample_fraction: Optional[float] = None) -> RunReport:
     """`batchflow run`: build the selected models; seeds they read that are missing or whose file
-    changed are loaded first. Batch models submit their requests and land the answers."""
-    flags = run_flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh)
+    changed are loaded first. Batch models submit their requests and land the answers. `online`: each
+    request is answered at once (google-genai, online prices) instead of in a batch job; `sample` /
+    `sample_fraction`: each batch model sends only that many of its requests (the same ones every
+    time: those with the smallest request hashes) and its table holds only them."""
+    flags = run_flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh, online, sample, sample_fraction)
     return _execute("run", project_dir, profiles_dir=profiles_dir, target=target, select_=select, exclude=exclude,
                     vars=vars, threads=threads, full_refresh=full_refresh, flags=flags, resource_types=("model",),
                     with_tests=False, stale_seeds=True, reporter=reporter, interrupt=interrupt,
-                    on_warnings=on_warnings)
+                    on_warnings=on_warnings, selector=selector, state=state, defer=defer)
 
 
 def build(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
           select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
           threads: Optional[int] = None, full_refresh: bool = False, dry_run: bool = False, no_wait: bool = False,
           retry_failed: bool = False, resubmit_batches: bool = False, reporter: Optional[Reporter] = None,
-          interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None) -> RunReport:
+          interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None,
+          selector: Optional[str] = None, state: Optional[PathLike] = None, defer: bool = False, online: bool = False,
+          sample: Optional[int] = None, sample_fraction: Optional[float] = None) -> RunReport:
     """`batchflow build`: load the selected seeds, build the selected models in dependency order, then
-    run the data tests of what was built (not in a dry run)."""
-    flags = run_flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh)
+    run the data tests of what was built (not in a dry run). `online`, `sample`, `sample_fraction`: as
+    for `run`."""
+    flags = run_flags(dry_run, no_wait, retry_failed, resubmit_batches, full_refresh, online, sample, sample_fraction)
     return _execute("build", project_dir, profiles_dir=profiles_dir, target=target, select_=select, exclude=exclude,
                     vars=vars, threads=threads, full_refresh=full_refresh, flags=flags,
-                    resource_types=("model", "seed"), with_tests=not dry_run, stale_seeds=True, reporter=reporter,
-                    interrupt=interrupt, on_warnings=on_warnings)
+                    resource_types=("model", "seed", "snapshot"), with_tests=not dry_run, stale_seeds=True,
+                    reporter=reporter,
+                    interrupt=interrupt, on_warnings=on_warnings, selector=selector, state=state, defer=defer)
 
 
 def retry(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
           select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
           threads: Optional[int] = None, no_wait: bool = False, reporter: Optional[Reporter] = None,
-          interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None) -> RunReport:
+          interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None,
+          selector: Optional[str] = None, state: Optional[PathLike] = None) -> RunReport:
     """`batchflow retry`: resend only the failed rows of the selected batch models."""
     flags = run_flags(no_wait=no_wait, retry_failed=True)
     return _execute("retry", project_dir, profiles_dir=profiles_dir, target=target, select_=select, exclude=exclude,
                     vars=vars, threads=threads, full_refresh=False, flags=flags, resource_types=("model",),
                     with_tests=False, stale_seeds=True, reporter=reporter, interrupt=interrupt,
-                    on_warnings=on_warnings)
+                    on_warnings=on_warnings, selector=selector, state=state)
 
 
 def seed(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
          select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
          threads: Optional[int] = None, full_refresh: bool = False, reporter: Optional[Reporter] = None,
-         interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None) -> RunReport:
+         interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None,
+         selector: Optional[str] = None, state: Optional[PathLike] = None) -> RunReport:
     """`batchflow seed`: load the selected seed CSVs into tables, whether they changed or not (each load
     replaces the table, so `full_refresh` changes nothing; it is accepted for dbt habits)."""
     from batchflow.lifecycle import RunFlags
@@ -339,31 +484,61 @@ def seed(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None
     return _execute("seed", project_dir, profiles_dir=profiles_dir, target=target, select_=select, exclude=exclude,
                     vars=vars, threads=threads, full_refresh=full_refresh, flags=RunFlags(),
                     resource_types=("seed",), with_tests=False, stale_seeds=False, reporter=reporter,
-                    interrupt=interrupt, on_warnings=on_warnings)
+                    interrupt=interrupt, on_warnings=on_warnings, selector=selector, state=state)
+
+
+def snapshot(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
+             select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
+             threads: Optional[int] = None, reporter: Optional[Reporter] = None,
+             interrupt: Optional["Interrupt"] = None, on_warnings: Optional[WarningsFn] = None,
+             selector: Optional[str] = None, state: Optional[PathLike] = None,
+             snapshot_time: Optional[datetime] = None) -> RunReport:
+    """`batchflow snapshot`: build the selected snapshots as dbt does (batchflow.snapshots): the first run
+    creates each table, later runs close the versions that changed and insert the new ones. `snapshot_time`:
+    the check strategy's snapshot time (default: the warehouse clock)."""
+    from batchflow.lifecycle import RunFlags
+
+    return _execute("snapshot", project_dir, profiles_dir=profiles_dir, target=target, select_=select,
+                    exclude=exclude, vars=vars, threads=threads, full_refresh=False, flags=RunFlags(),
+                    resource_types=("snapshot",), with_tests=False, stale_seeds=True, reporter=reporter,
+                    interrupt=interrupt, on_warnings=on_warnings, selector=selector, state=state,
+                    snapshot_time=snapshot_time)
 
 
 def test(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
          select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
-         reporter: Optional[Reporter] = None, on_warnings: Optional[WarningsFn] = None) -> RunReport:
-    """`batchflow test`: the data tests (not_null, unique, accepted_values, relationships) of the
-    selected nodes, against what is built."""
+         reporter: Optional[Reporter] = None, on_warnings: Optional[WarningsFn] = None,
+         selector: Optional[str] = None, state: Optional[PathLike] = None,
+         interrupt: Optional["Interrupt"] = None) -> RunReport:
+    """`batchflow test`: the selected data tests (generic: dbt's, the project's and packages'; singular
+    `.sql` files) and unit tests, against what is built. Each result is pass, warn, fail, error or
+    skipped; the exit code is 1 when one failed or errored."""
     from batchflow.adapters import open_warehouse
     from batchflow.artifacts import write_run_results
+
+    from batchflow.interrupt import Interrupt
+    from batchflow.runner import RunOptions, Runner
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
     session = load(project_dir, profiles_dir, target, vars, on_warnings)
-    selected = select_nodes(session, select, exclude, ("model", "seed", "source"))
-    who, mock = answering(session.target)
-    start = RunStart("test", session.project.name, session.target.name, session.target.type, len(selected),
-                     who, mock, 0)
+    chosen = select_ids(session, select, exclude, selector, state)
     warehouse = open_warehouse(session.target, session.project)
     try:
-        results = _run_tests(session, warehouse, selected, reporter)
+        checks, run_check, _ = _checks(session, warehouse, chosen, set())
+        who, mock = answering(session.target)
+        start = RunStart("test", session.project.name, session.target.name, session.target.type, len(checks),
+                         who, mock, 0)
+        reporter.run_started(start)
+        options = RunOptions(threads=session.target.threads, interrupt=interrupt or Interrupt())
+        runner = Runner(session.manifest, session.compiler, warehouse, lambda: None, reporter,  # type: ignore[arg-type,return-value]
+                        options)
+        results = _with_project_hooks(session, warehouse, False, lambda: runner.run(set(), checks, run_check),
+                                      reporter)
     finally:
         warehouse.close()
     elapsed = time.perf_counter() - started
-    write_run_results(session.manifest, "test", results, elapsed, "test")
+    write_run_results(session.manifest, "test", results, elapsed, "test", selection(session))
     return RunReport("test", start, results, elapsed, "test", warnings=list(session.manifest.warnings))
 
 
@@ -373,18 +548,25 @@ def test(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None
 def compile_project(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None,
                     target: Optional[str] = None, select: Optional[Iterable[str]] = None,
                     exclude: Optional[Iterable[str]] = None, vars: Any = None, validate: bool = False,
-                    on_warnings: Optional[WarningsFn] = None) -> CompileReport:
+                    on_warnings: Optional[WarningsFn] = None,
+                    selector: Optional[str] = None, state: Optional[PathLike] = None) -> CompileReport:
     """`batchflow compile`: render and parse every model, write target/compiled/ and
     target/manifest.json; with `validate`, dry-run each selected model in the warehouse."""
     from batchflow.artifacts import write_compiled, write_manifest
 
-    session = load(project_dir, profiles_dir, target, vars, on_warnings)
+    session = load(project_dir, profiles_dir, target, vars, warn_uncompiled=False)
     write_compiled(session.manifest)
-    write_manifest(session.manifest, "compile")
-    chosen = select_nodes(session, select, exclude, ("model",))
+    session.manifest.warnings += _write_analyses(session)
+    chosen = select_nodes(session, select, exclude, ("model",), selector, state)
+    write_manifest(session.manifest, "compile", selection(session, with_state=True))
+    session.manifest.warnings += uncompiled_warnings(session.manifest, skip=chosen)  # chosen: in report.errors
+    if on_warnings is not None:
+        on_warnings(session.manifest.warnings)
     order = [n for n in session.manifest.graph.topological_order() if n in chosen]
-    report = CompileReport([session.manifest.nodes[n] for n in order], session.project.target_path / "compiled",
-                           warnings=list(session.manifest.warnings))
+    errors = [(n, session.manifest.errors[n]) for n in order if n in session.manifest.errors]
+    report = CompileReport([session.manifest.nodes[n] for n in order if n not in session.manifest.errors],
+                           session.project.target_path / "compiled", warnings=list(session.manifest.warnings),
+                           errors=errors)
     if validate:
         report.validation = _validate(session, order)
     return report
@@ -403,7 +585,7 @@ def _validate(session: Session, order: list[str]) -> list[tuple[str, str, str, O
             load_source_samples(manifest, warehouse, {d for n in order for d in manifest.nodes[n].depends_on})
         for name in order:
             node = manifest.nodes[name]
-            if node.materialized == "ephemeral":
+            if node.materialized == "ephemeral" or node.error is not None:  # errors: CompileReport.errors
                 continue
             try:
                 sql = inline_unbuilt(manifest, name, lambda n: warehouse.kind(n.relation) is not None)
@@ -420,12 +602,36 @@ def _validate(session: Session, order: list[str]) -> list[tuple[str, str, str, O
 
 def ls(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
        select: Optional[Iterable[str]] = None, exclude: Optional[Iterable[str]] = None, vars: Any = None,
-       resource_type: Optional[str] = None, on_warnings: Optional[WarningsFn] = None) -> list["Node"]:
-    """`batchflow ls`: the selected nodes in dependency order (imports no warehouse code)."""
+       resource_type: Optional[str] = None, on_warnings: Optional[WarningsFn] = None,
+       selector: Optional[str] = None, state: Optional[PathLike] = None) -> list["NodeInfo"]:
+    """`batchflow ls`: the selected models, seeds, sources, data tests and unit tests as dbt lists them
+    (ordered by unique id; a `batchflow.graph.NodeInfo` each; imports no warehouse code)."""
     session = load(project_dir, profiles_dir, target, vars, on_warnings)
-    types = (resource_type,) if resource_type else ("model", "seed", "source")
-    chosen = select_nodes(session, select, exclude, types)
-    return [session.manifest.nodes[n] for n in session.manifest.graph.topological_order() if n in chosen]
+    chosen = select_ids(session, select, exclude, selector, state)
+    nodes = selection(session).ordered(chosen)
+    return [n for n in nodes if resource_type in (None, "all", n.resource_type)]
+
+
+def ls_record(info: "NodeInfo") -> dict[str, Any]:
+    """One `ls --output json` line: dbt's keys (name, resource_type, package_name, original_file_path,
+    unique_id, alias, config, tags, depends_on; source_name for sources) plus batchflow's `path` and
+    `materialized`."""
+    import json
+
+    record: dict[str, Any] = {
+        "name": info.name, "resource_type": info.resource_type, "package_name": info.package_name,
+        "original_file_path": info.path, "unique_id": info.unique_id,
+        "alias": info.relation.rsplit(".", 1)[-1].strip("`") if info.relation else info.name,
+        "config": json.loads(json.dumps(info.config, default=str)), "tags": list(info.tags),
+        "depends_on": {"macros": [], "nodes": list(info.depends_on)}, "path": info.path,
+        "materialized": info.materialized,
+    }
+    if info.resource_type == "source":
+        record["source_name"] = info.source_name
+        del record["depends_on"]
+    elif info.resource_type == "seed":
+        record["depends_on"] = {"macros": []}
+    return record
 
 
 def debug(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None, target: Optional[str] = None,
@@ -572,14 +778,21 @@ def jobs_cancel(job: str, project_dir: PathLike = ".", *, profiles_dir: Optional
 
 def show(model: str, project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None,
          target: Optional[str] = None, vars: Any = None, limit: int = 10,
-         on_warnings: Optional[WarningsFn] = None) -> ShowResult:
+         on_warnings: Optional[WarningsFn] = None, sample: Optional[int] = None,
+         sample_fraction: Optional[float] = None) -> ShowResult:
     """`batchflow show`: up to `limit` rows of a model. A built model is read from its relation; a batch
     model shows each row's prompt, answer text, outcome and tokens; a model not built yet runs its
-    compiled SELECT with the models it reads that are not built either inlined."""
+    compiled SELECT with the models it reads that are not built either inlined. `sample` /
+    `sample_fraction` (batch models): the rows `run --sample` sends, all of them."""
     from batchflow.show import show_rows
 
+    check_sample(sample, sample_fraction)
+
     session = load(project_dir, profiles_dir, target, vars, on_warnings)
-    return show_rows(session, model, limit)
+    error = session.manifest.errors.get(model)
+    if error is not None:
+        raise error
+    return show_rows(session, model, limit, sample=sample, sample_fraction=sample_fraction)
 
 
 def init(directory: PathLike = ".", *, name: Optional[str] = None, force: bool = False) -> InitResult:
@@ -597,3 +810,58 @@ def _project_name(folder: str) -> str:
 
     cleaned = re.sub(r"\W+", "_", folder.lower()).strip("_")
     return cleaned if cleaned and not cleaned[0].isdigit() else f"project_{cleaned}".rstrip("_")
+
+
+# ---- docs ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DocsResult:
+    """What `docs generate` wrote."""
+
+    path: Path  # target/index.html
+    nodes: int
+    tests: int
+    batch_models: int
+    #: model columns whose upstream columns sqlglot traced, and those it could not
+    columns_traced: int
+    columns_untraced: int
+    #: False with `empty_catalog`: no column types, built state or batch history
+    warehouse: bool
+    warnings: list[Any] = field(default_factory=list)
+
+
+def docs_generate(project_dir: PathLike = ".", *, profiles_dir: Optional[PathLike] = None,
+                  target: Optional[str] = None, vars: Any = None, empty_catalog: bool = False,
+                  on_warnings: Optional[WarningsFn] = None) -> DocsResult:
+    """`batchflow docs generate`: write target/index.html, a static site (it opens from disk, no server,
+    no network) with every model, source, seed and test, column lineage from sqlglot and each batch
+    model's history from the ledger and its responses store. The warehouse is only read; with
+    `empty_catalog` it is not opened at all."""
+    from batchflow.adapters import open_warehouse
+    from batchflow.docs.catalog import build_catalog
+    from batchflow.docs.site import write_site
+
+    session = load(project_dir, profiles_dir, target, vars, on_warnings)
+    warehouse = None if empty_catalog else open_warehouse(session.target, session.project)
+    try:
+        catalog = build_catalog(session, warehouse)
+    finally:
+        if warehouse is not None:
+            warehouse.close()
+    path = write_site(catalog, session.project.target_path)
+    nodes = catalog["nodes"].values()
+    columns = [c for n in nodes if n["resource_type"] == "model" for c in n["columns"] if not c.get("added_by")]
+    return DocsResult(path, len(catalog["nodes"]), len(catalog["tests"]),
+                      sum(n["materialized"] == "batch" for n in nodes),
+                      sum(c["upstream"] is not None for c in columns), sum(c["upstream"] is None for c in columns),
+                      warehouse is not None, list(session.manifest.warnings))
+
+
+def docs_server(project_dir: PathLike = ".", *, port: int = 8080, host: str = "127.0.0.1") -> Any:
+    """`batchflow docs serve`: an `http.server` over the project's target/ (call `serve_forever()`;
+    port 0 picks a free one, see `server_address`). Raises ConfigError when no site was generated."""
+    from batchflow.docs.serve import make_server
+    from batchflow.project import load_project
+
+    return make_server(load_project(Path(project_dir).resolve()).target_path, port, host)

@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 
 APP_HELP = "batchflow: dbt-style SQL projects for Gemini batch prediction (BigQuery in, BigQuery out)."
 LOG_FORMATS = ("text", "json")
-LS_OUTPUTS = ("name", "path", "json")
+LS_OUTPUTS = ("selector", "name", "path", "json")  # dbt ls: `selector` (the fqn) by default
 JOBS_OUTPUTS = ("table", "json")
 SHOW_OUTPUTS = ("table", "json")
-RESOURCE_TYPES = ("model", "seed", "source")
+RESOURCE_TYPES = ("model", "seed", "snapshot", "source", "test", "unit_test", "all")
 #: options that take several values after one flag, as dbt's do (`-s a b` is `-s a -s b`)
 MULTI_VALUE_OPTIONS = frozenset({"--select", "-s", "--exclude"})
 
@@ -76,7 +76,7 @@ class Opt:
     dest: str  # the keyword the command's function takes
     flags: tuple[str, ...]  # empty for a positional argument
     help: str
-    kind: str = "str"  # "str" | "path" | "int" | "bool" | "choice"
+    kind: str = "str"  # "str" | "path" | "int" | "float" | "bool" | "choice"
     default: Any = None
     multiple: bool = False  # repeatable; `-s a b` works too (expand_multi_values)
     choices: tuple[str, ...] = ()
@@ -124,9 +124,22 @@ RETRY_FAILED = Opt("retry_failed", ("--retry-failed",), "Send only the rows whos
                    False)
 RESUBMIT = Opt("resubmit_batches", ("--resubmit-batches",),
                "With --full-refresh: send every request again, even answered ones (pays again).", "bool", False)
+ONLINE = Opt("online", ("--online",), "Answer each batch request at once with google-genai (online prices) instead "
+             "of in batch jobs; a later batch run sends them again unless `online_answers: reuse`.", "bool", False)
+SAMPLE = Opt("sample", ("--sample",), "Send only N requests per batch model, the same N every time (by request "
+             "hash); its table then holds only them, until an unsampled run.", "int", min=1, metavar="N")
+SAMPLE_FRACTION = Opt("sample_fraction", ("--sample-fraction",), "Send only this share (over 0, at most 1) of each "
+                      "batch model's requests, picked as --sample picks them.", "float", metavar="P")
 CONNECTION = (PROJECT_DIR, PROFILES_DIR, TARGET)
-SELECTION = (SELECT, EXCLUDE, VARS)
-RUN_OPTIONS = (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT, DRY_RUN, NO_WAIT, RETRY_FAILED, RESUBMIT)
+SELECTOR = Opt("selector", ("--selector",), "A selector of selectors.yml, instead of --select / --exclude.",
+               metavar="NAME")
+STATE = Opt("state", ("--state",), "Folder of a previous manifest.json (and run_results.json), for state: and "
+            "result: selectors and --defer.", "path", metavar="DIR")
+DEFER = Opt("defer", ("--defer",), "Models the selection reads that are neither selected nor built in this target "
+            "are read where --state built them.", "bool", False)
+SELECTION = (SELECT, EXCLUDE, SELECTOR, STATE, VARS)
+RUN_OPTIONS = (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT, DRY_RUN, NO_WAIT, RETRY_FAILED, RESUBMIT,
+               ONLINE, SAMPLE, SAMPLE_FRACTION, DEFER)
 JOB = Opt("job", (), "Job key or job name (see `batchflow jobs list`).", required=True, metavar="JOB")
 
 
@@ -154,14 +167,19 @@ COMMANDS: tuple[Command, ...] = (
             "dbt_packages/.", (PROJECT_DIR,), "_deps"),
     Command("seed", "Load the selected seed CSVs into tables (`run` and `build` also load missing or changed "
             "seeds).", (*CONNECTION, *SELECTION, THREADS, FULL_REFRESH, LOG_FORMAT), "_seed"),
+    Command("snapshot", "Build the selected snapshots as dbt does: the first creates each table, each later one "
+            "closes the rows that changed (dbt_valid_to) and inserts their new versions.",
+            (*CONNECTION, *SELECTION, THREADS, LOG_FORMAT), "_snapshot"),
     Command("compile", "Render and parse every model; write target/compiled/ and target/manifest.json. Runs "
             "nothing.", (*CONNECTION, *SELECTION, LOG_FORMAT,
                          Opt("validate", ("--validate",), "Also dry-run each model in the warehouse.", "bool",
                              False)), "_compile"),
     Command("ls", "List the selected nodes in dependency order.", (
         *CONNECTION, *SELECTION,
-        Opt("resource_type", ("--resource-type",), "Only nodes of this type.", "choice", choices=RESOURCE_TYPES),
-        Opt("output", ("--output",), "Names, paths or JSON lines.", "choice", "name", choices=LS_OUTPUTS),
+        Opt("resource_type", ("--resource-type",), "Only nodes of this type (default: all).", "choice",
+            choices=RESOURCE_TYPES),
+        Opt("output", ("--output",), "As dbt ls prints: selectors (fqn), names, paths or JSON lines.", "choice",
+            "selector", choices=LS_OUTPUTS),
     ), "_list_nodes"),
     Command("show", "Print rows of a model: a built one from its table, a batch model as prompt, answer, "
             "outcome and tokens side by side, an unbuilt one by running its compiled SELECT.", (
@@ -169,6 +187,10 @@ COMMANDS: tuple[Command, ...] = (
                                  metavar="MODEL"),
                 VARS, Opt("limit", ("--limit",), "Rows to show.", "int", 10, min=1, metavar="N"),
                 Opt("output", ("--output",), "A table or JSON lines.", "choice", "table", choices=SHOW_OUTPUTS),
+                Opt("sample", ("--sample",), "A batch model's sample: the N requests `run --sample N` sends, "
+                    "with their answers (all N: --limit does not apply).", "int", min=1, metavar="N"),
+                Opt("sample_fraction", ("--sample-fraction",), "A batch model's sample as a share of its requests, "
+                    "as `run --sample-fraction` picks them.", "float", metavar="P"),
             ), "_show"),
     Command("run", "Build the selected models in dependency order (seeds they read that are missing or "
             "changed are loaded first). Batch models submit their requests and land the answers. Runs no tests.",
@@ -179,6 +201,15 @@ COMMANDS: tuple[Command, ...] = (
             (*CONNECTION, *SELECTION, LOG_FORMAT), "_test"),
     Command("retry", "Resend only the failed rows of the selected batch models (same as `run --retry-failed`).",
             (*CONNECTION, *SELECTION, THREADS, LOG_FORMAT, NO_WAIT), "_retry"),
+    Command("generate", "Write the docs site, target/index.html: every model, source, seed and test, the lineage "
+            "graph, column-level lineage and each batch model's history and cost. Opens from disk, no server.", (
+                *CONNECTION, VARS,
+                Opt("empty_catalog", ("--empty-catalog",), "Do not read the warehouse: no column types, built "
+                    "state or batch history.", "bool", False),
+            ), "_docs_generate", group="docs"),
+    Command("serve", "Serve target/ (the site `docs generate` wrote) over HTTP on 127.0.0.1.", (
+        PROJECT_DIR, Opt("port", ("--port",), "Port to listen on (0: any free one).", "int", 8080, min=0, metavar="PORT"),
+    ), "_docs_serve", group="docs"),
     Command("list", "Jobs of the ledger with their live state and completion counts.", (
         *CONNECTION,
         Opt("all_jobs", ("--all",), "Include landed, lost and failed jobs.", "bool", False),
@@ -190,7 +221,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("cancel", "Cancel a running job; the rows it finished are landed by the next run.", (JOB, *CONNECTION),
             "_jobs_cancel", group="jobs"),
 )
-GROUPS = {"jobs": "Batch jobs recorded in the ledger (_batchflow_jobs): list, show, cancel."}
+GROUPS = {"jobs": "Batch jobs recorded in the ledger (_batchflow_jobs): list, show, cancel.",
+          "docs": "The docs site: generate it into target/, serve it locally."}
 
 
 def command(name: str, group: Optional[str] = None) -> Command:
@@ -361,8 +393,18 @@ class ConsoleReporter:
             self._emit({"event": "test", "test": result.name, "status": result.status,
                         "failures": result.rows, "message": result.message})
             return
-        label = "[green]PASS[/]" if result.status == "success" else "[red]FAIL[/]"
-        self._console().print(f"{label} {result.name}" + (f"  [red]{result.message}[/]" if result.message else ""))
+        if result.resource_type == "operation":  # on-run-start / on-run-end hooks
+            ok = result.status == "success"
+            self._console().print(f"{'[green]OK[/]' if ok else '[red]ERROR[/]'} hook {result.name}"
+                                  + ("" if ok else f"  [red]{result.message}[/]"))
+            return
+        label = {"pass": "[green]PASS[/]", "success": "[green]PASS[/]", "warn": "[yellow]WARN[/]",
+                 "skipped": "[yellow]SKIP[/]", "error": "[red]ERROR[/]"}.get(result.status, "[red]FAIL[/]")
+        where = f" ({result.path}{f':{result.line}' if result.line else ''})" if result.status in ("error", "fail") \
+            and result.path else ""
+        color = "yellow" if result.status in ("warn", "skipped") else "red"
+        self._console().print(f"{label} {result.name}" + (f"  [{color}]{result.message}[/]{where}"
+                                                          if result.message else ""))
 
     def _stop_bar(self, name: str) -> None:
         with self._lock:
@@ -388,6 +430,12 @@ def batch_lines(b: dict[str, Any]) -> list[str]:
     parts = [f"{to_send:,} {verb}", f"{b['rows_reused']:,} reused", f"{b['rows_duplicate']:,} duplicate",
              f"{b['rows_invalid']:,} invalid"] + ([f"{pending:,} in running jobs"] if pending else [])
     lines = [f"rows {b['rows_total']:,} = " + " + ".join(parts)]
+    sample = b.get("sample") or {}
+    if sample:
+        lines.append(f"sample: {sample['requests']:,} of {sample['of']:,} distinct request(s); the table holds only "
+                     "these rows until a run without --sample")
+    if b.get("mode") == "online":
+        lines.append("online: answered at once (google-genai), at online prices")
     if not b.get("dry_run") and (b.get("rows_sent") or b.get("jobs")):
         retried = b.get("rows_retried") or 0
         lines.append(f"sent {b['rows_sent']:,} request(s) in {len(b.get('jobs') or [])} job(s)"
@@ -473,15 +521,23 @@ def _seed(log_format: str = "text", **kwargs: Any) -> None:
     _run_command("seed", log_format, **kwargs)
 
 
+def _snapshot(log_format: str = "text", **kwargs: Any) -> None:
+    _run_command("snapshot", log_format, **kwargs)
+
+
 def _test(log_format: str = "text", **kwargs: Any) -> None:
     from batchflow import api
 
     report = api.test(reporter=ConsoleReporter(log_format), on_warnings=_warnings_to(log_format), **kwargs)
-    failed = sum(r.status != "success" for r in report.results)
-    if log_format != "json":
-        _console().print(f"{len(report.results) - failed} passed, {failed} failed")
-    if failed:
-        _exit(1)
+    counts = {s: sum(r.status == s for r in report.results) for s in ("pass", "warn", "fail", "error", "skipped")}
+    if log_format == "json":
+        print(json.dumps({"event": "test_finish", "summary": counts, "seconds": round(report.elapsed, 3)}))
+    else:
+        _console().print(f"Finished in {report.elapsed:.2f}s: " + ", ".join(
+            f"{counts[s]} {'passed' if s == 'pass' else 'warned' if s == 'warn' else s if s != 'fail' else 'failed'}"
+            for s in counts if counts[s] or s in ("pass", "fail")))
+    if report.exit_code:
+        _exit(report.exit_code)
 
 
 def _compile(log_format: str = "text", validate: bool = False, **kwargs: Any) -> None:
@@ -494,30 +550,35 @@ def _compile(log_format: str = "text", validate: bool = False, **kwargs: Any) ->
         detail = f"  [dim]{size:,} bytes[/]" if size is not None else (f": {message}" if status == "skipped"
                                                                        else f"  {message}")
         console.print(f"[{color}]{status}[/] {name}{detail}")
+    if any(status == "invalid" for _, status, _, _ in report.validation):
+        pass  # the invalid models are the news: no list of what compiled
+    elif log_format == "json":
+        print(json.dumps({"event": "compiled", "nodes": [n.name for n in report.nodes]}))
+    else:
+        for node in report.nodes:
+            console.print(f"compiled {node.materialized:<11} {node.name}  [dim]{node.path}[/]")
+        console.print(f"{len(report.nodes)} model(s) compiled into {report.compiled_dir}")
+    for _, error in report.errors:  # each model that did not compile (the others did), as file:line: message
+        _report(error, log_format)
     if not report.ok:
         _exit(1)
-    if log_format == "json":
-        print(json.dumps({"event": "compiled", "nodes": [n.name for n in report.nodes]}))
-        return
-    for node in report.nodes:
-        console.print(f"compiled {node.materialized:<11} {node.name}  [dim]{node.path}[/]")
-    console.print(f"{len(report.nodes)} model(s) compiled into {report.compiled_dir}")
 
 
 def _list_nodes(project_dir: Path = Path("."), profiles_dir: Optional[Path] = None, target: Optional[str] = None,
                 select: Optional[list[str]] = None, exclude: Optional[list[str]] = None,
-                vars: Optional[str] = None, resource_type: Optional[str] = None, output: str = "name") -> None:
-    """`batchflow ls`: plain print (no rich), so listing needs neither rich nor typer."""
+                vars: Optional[str] = None, resource_type: Optional[str] = None, output: str = "selector",
+                selector: Optional[str] = None, state: Optional[Path] = None) -> None:
+    """`batchflow ls`: plain print (no rich), so listing needs neither rich nor typer. Formats as dbt's:
+    selector (the fqn; `source:pkg.src.table`), name, path (the file), json (one object per line)."""
     from batchflow import api
 
     nodes = api.ls(project_dir, profiles_dir=profiles_dir, target=target, select=select, exclude=exclude, vars=vars,
-                   resource_type=resource_type, on_warnings=_print_warnings)
+                   resource_type=resource_type, on_warnings=_print_warnings, selector=selector, state=state)
     for node in nodes:
         if output == "json":
-            print(json.dumps({"name": node.name, "resource_type": node.resource_type, "path": node.path,
-                              "materialized": node.materialized, "tags": node.tags}))
+            print(json.dumps(api.ls_record(node), default=str))
         else:
-            print(node.path if output == "path" else node.name)
+            print({"path": node.path, "name": node.search_name}.get(output, node.selector))
 
 
 def _show(select: str, limit: int = 10, output: str = "table", **kwargs: Any) -> None:
@@ -563,6 +624,33 @@ def _debug(**kwargs: Any) -> None:
     api.debug(on_check=lambda text: _console().print(f"[green]OK[/] {text}"), on_warnings=_print_warnings, **kwargs)
 
 
+def _docs_generate(**kwargs: Any) -> None:
+    from batchflow import api
+
+    result = api.docs_generate(on_warnings=_print_warnings, **kwargs)
+    console = _console()
+    console.print(f"[green]wrote[/] {result.path}  [dim]({result.nodes} nodes, {result.tests} tests, "
+                  f"{result.batch_models} batch model(s); column lineage traced for {result.columns_traced} "
+                  f"of {result.columns_traced + result.columns_untraced} model columns)[/]")
+    if not result.warehouse:
+        console.print("[dim]--empty-catalog: no column types, built state or batch history[/]")
+    console.print("open it from disk, or: batchflow docs serve")
+
+
+def _docs_serve(project_dir: Path = Path("."), port: int = 8080) -> None:
+    from batchflow import api
+
+    server = api.docs_server(project_dir, port=port)
+    host, bound = server.server_address[:2]
+    _console().print(f"serving {server.site_dir} at http://{host}:{bound}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _jobs_list(all_jobs: bool = False, model: Optional[str] = None, output: str = "table", **kwargs: Any) -> None:
     from batchflow import api
 
@@ -604,7 +692,7 @@ def _parameter(opt: Opt, enums: dict[tuple[str, ...], Any]) -> inspect.Parameter
 
     import typer
 
-    kind = {"str": str, "path": Path, "int": int, "bool": bool}.get(opt.kind)
+    kind = {"str": str, "path": Path, "int": int, "float": float, "bool": bool}.get(opt.kind)
     default = opt.default
     if opt.kind == "choice":
         # Choices as str enums: typer checks them (exit 2 with the allowed values), and a member compares

@@ -33,10 +33,12 @@ _COLUMNS = """
   created_at TIMESTAMP,
   updated_at TIMESTAMP,
   job_state STRING,
-  missing_count INT64
+  missing_count INT64,
+  mode STRING,
+  sample STRING
 """
 #: columns added after the first release: an older ledger gets them on open
-_ADDED_COLUMNS = (("job_state", "STRING"), ("missing_count", "INT64"))
+_ADDED_COLUMNS = (("job_state", "STRING"), ("missing_count", "INT64"), ("mode", "STRING"), ("sample", "STRING"))
 
 
 @dataclass
@@ -61,6 +63,8 @@ class LedgerEntry:
     updated_at: Any = None
     job_state: str | None = None  # the backend's last state (the row's `state` also says LANDED/CLOSED)
     missing_count: int | None = None  # rows the job was sent and left out of its output
+    mode: str | None = None  # how it answers: "batch" (a batch job), "online" (--online); None: before modes
+    sample: str | None = None  # the run's --sample N / --sample-fraction p, when it sent a sample
 
 
 class Ledger:
@@ -97,6 +101,8 @@ class Ledger:
                 "CURRENT_TIMESTAMP()",
                 "NULL",
                 "NULL",
+                string_literal(entry.mode),
+                string_literal(entry.sample),
             ]
         )
         self.warehouse.execute(f"INSERT INTO {self.relation.render()} VALUES ({values})")

@@ -8,6 +8,8 @@ rerun does with each come from `batchflow.batch.states`, nowhere else.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,7 +24,7 @@ from batchflow.faultpoints import checkpoint
 from batchflow.interrupt import NEVER, Interrupt
 from batchflow.ledger import Ledger, LedgerEntry
 from batchflow.relation import Relation
-from batchflow.requests import check_columns
+from batchflow.requests import EMBEDDING_MAX_ROWS_PER_JOB, check_columns, is_embedding_model
 from batchflow.settings import BatchSettings  # noqa: F401  (re-exported: one declaration, in settings.py)
 from batchflow.warehouse.base import Warehouse
 
@@ -65,6 +67,16 @@ class RunFlags:
     no_wait: bool = False  # submit and return; a later run lands the answers
     retry_failed: bool = False  # send only rows whose last answer failed, ignoring max_attempts
     resubmit_all: bool = False  # send every request again, even those with a good answer (pays again)
+    online: bool = False  # answered at once (`--online`, or a `backend: online` target): mode "online"
+    sample: int | None = None  # send only this many distinct requests per batch model (`--sample`)
+    sample_fraction: float | None = None  # ... or this share of them (`--sample-fraction`)
+
+    @property
+    def sampled(self) -> str | None:
+        """The sample as the ledger and run results record it (`20`, `0.1`), None for a whole run."""
+        if self.sample is not None:
+            return str(self.sample)
+        return None if self.sample_fraction is None else repr(self.sample_fraction)
 
 
 @dataclass
@@ -90,6 +102,10 @@ class BatchReport:
     pending: bool = False
     interrupted: bool = False  # a signal stopped the run; open jobs stay in the ledger
     warnings: list[str] = field(default_factory=list)
+    mode: str = "batch"  # "online" when the requests were answered at once (`--online`)
+    #: a sampled run: {"requests": distinct requests kept, "of": distinct valid requests, "rows": N or
+    #: None, "fraction": p or None}; the model's relation holds only the sampled rows
+    sample: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able form."""
@@ -116,18 +132,23 @@ def plan_batch(node: Node, settings: BatchSettings, flags: RunFlags) -> S.BatchP
     """The stages of one batch model for this run's flags."""
     rels = batch_results_relations(node.relation)
     requests, responses, todo = rels["requests"], rels["responses"], rels["todo"]
+    ignore_online = not flags.online and settings.online_answers == "ignore"
     diff = S.Diff(requests, responses, todo, settings.model, settings.fallback_model, tuple(settings.retry_on),
-                  settings.max_attempts, flags.retry_failed, flags.resubmit_all)
+                  settings.max_attempts, flags.retry_failed, flags.resubmit_all, ignore_online)
+    sample = (S.Sample(requests, flags.sample, flags.sample_fraction),) if flags.sampled else ()
     head: tuple[S.Stage, ...] = (
         S.Build(node.compiled_sql, requests, settings.model),
         S.Validate(requests, tuple(settings.key), settings.invalid_rows),
+        *sample,
         S.Collect(node.name, f"{node.relation.identifier}__"),
     )
-    estimate = S.Estimate(todo, settings.output_tokens)
-    tail = (S.Results(node.relation, requests, responses), S.Report(node.relation, responses))
+    embedding = is_embedding_model(settings.model)  # an embedding answer has no output tokens
+    estimate = S.Estimate(todo, 0 if embedding else settings.output_tokens)
+    tail = (S.Results(node.relation, requests, responses, ignore_online), S.Report(node.relation, responses))
     if flags.dry_run:
         return S.BatchPlan(node.name, head + (diff, estimate), "dry_run", ("dry run: submits nothing",))
-    submit = (S.Shard(todo, settings.max_rows_per_job), S.Submit(settings.max_concurrent_jobs))
+    rows_per_job = min(settings.max_rows_per_job, EMBEDDING_MAX_ROWS_PER_JOB) if embedding else settings.max_rows_per_job
+    submit = (S.Shard(todo, rows_per_job), S.Submit(settings.max_concurrent_jobs))
     if flags.no_wait:
         return S.BatchPlan(node.name, head + (diff, estimate) + submit + tail, "no_wait",
                            ("--no-wait: a later run lands the jobs",))
@@ -174,7 +195,15 @@ class BatchLifecycle:
         self.plan = plan_batch(node, self.settings, self.flags)
         rels = batch_results_relations(node.relation)
         self.responses_rel, self.todo_rel = rels["responses"], rels["todo"]
-        self.report = BatchReport(dry_run=self.flags.dry_run, plan=self.plan.describe())
+        # An embedding model (contract §3): `content` in, `predictions` out, parameters once per job.
+        self.embedding = is_embedding_model(self.settings.model)
+        self.requests_rel = rels["requests"]
+        self._embedding_fields: tuple[str, ...] = ("content",)  # input columns of its jobs
+        self._embedding_parameters: dict[str, Any] = {}  # the jobs' modelParameters
+        self.mode = "online" if self.flags.online else "batch"
+        # a batch run with `online_answers: ignore` sends online-answered requests again and lets its answers replace them
+        self._replace_online = not self.flags.online and self.settings.online_answers == "ignore"
+        self.report = BatchReport(dry_run=self.flags.dry_run, plan=self.plan.describe(), mode=self.mode)
         self._errors: list[str] = []
         self._ended_badly: list[str] = []  # jobs of this run that ended other than SUCCEEDED
         self._in_flight: list[_Job] = []  # open jobs whose rows must not be sent again
@@ -225,7 +254,7 @@ class BatchLifecycle:
     def _evaluate(self, stage: S.Stage) -> bool | None:
         """Run one stage; False means "nothing to send": skip on to results and report."""
         methods: dict[type, Callable[[Any], bool | None]] = {
-            S.Build: self._build, S.Validate: self._validate, S.Collect: self._collect, S.Diff: self._diff,
+            S.Build: self._build, S.Validate: self._validate, S.Sample: self._sample, S.Collect: self._collect, S.Diff: self._diff,
             S.Estimate: self._estimate, S.Shard: self._shard, S.Submit: self._submit, S.Wait: self._wait,
             S.Land: self._land, S.Rounds: self._rounds, S.Results: self._results, S.Report: self._report,
         }
@@ -241,19 +270,27 @@ class BatchLifecycle:
 
     def _check_columns(self, columns: list) -> None:
         names = {c.name.lower() for c in columns}
-        problems = check_columns(columns)
+        problems = check_columns(columns, self.embedding)
         if problems:
             raise RequestValidationError("; ".join(problems) + "; nothing was submitted", self.node.path)
         missing_key = [k for k in self.settings.key if k.lower() not in names]
         if missing_key:
             raise ConfigError(f"key column(s) {', '.join(missing_key)} are not in the model's output", self.node.path)
 
+    def _problem_sql(self) -> str:
+        """SQL giving each request row's problem (NULL when valid), by the model's contract."""
+        if self.embedding:
+            return self.macro("embedding_request_problem", "request")
+        return self.wh.request_problem_sql("request", "request_hash")
+
     def _validate(self, stage: S.Validate) -> None:
-        problem = self.wh.request_problem_sql("request", "request_hash")
+        problem = self._problem_sql()
         counts = self.wh.query_arrow(S.validate_counts_sql(stage.requests, problem)).to_pylist()[0]
         self.report.rows_total = int(counts["n"])
         self.report.rows_invalid = int(counts["bad"] or 0)
         self.report.rows_duplicate = self.report.rows_total - self.report.rows_invalid - int(counts["d"])
+        if self.embedding:
+            self._embedding_shape(stage, problem)
         if not self.report.rows_invalid:
             return
         bad = self.wh.query_arrow(
@@ -265,9 +302,40 @@ class BatchLifecycle:
             raise RequestValidationError(message + "; nothing was submitted", self.node.path)
         self.report.warnings.append(message + "; those rows were skipped")
 
+    def _embedding_shape(self, stage: S.Validate, problem: str) -> None:
+        """An embedding model's jobs take one set of parameters: every valid row must ask for the same."""
+        shape = self.wh.query_arrow(S.embedding_shape_sql(stage.requests, problem)).to_pylist()[0]
+        if int(shape["kinds"] or 0) > 1:
+            raise RequestValidationError(
+                f"rows ask for different embedding parameters ({shape['parameters']} and {shape['other']}); a batch "
+                "job takes one set (output_dimensionality, auto_truncate) for all its rows: give every row the "
+                "same, or split the model; nothing was submitted", self.node.path)
+        text = shape["parameters"]
+        parsed = json.loads(text) if text else None
+        self._embedding_parameters = {k: v for k, v in (parsed or {}).items() if v is not None}
+        self._embedding_fields = ("content",) + tuple(
+            f for f, n in (("task_type", shape["task_types"]), ("title", shape["titles"])) if int(n or 0))
+
+    def _sample(self, stage: S.Sample) -> None:
+        """Stage: keep only the sampled requests (the N distinct valid ones with the smallest hashes); the
+        counts are the sample's from here on (its invalid rows are gone with the rest)."""
+        problem = self._problem_sql()
+        distinct = self.report.rows_total - self.report.rows_duplicate - self.report.rows_invalid
+        rows = stage.rows if stage.rows is not None else math.ceil((stage.fraction or 0) * distinct)
+        self.wh.execute(S.sample_sql(stage.requests, rows, f"{problem} IS NULL" if self.report.rows_invalid else ""))
+        counts = self.wh.query_arrow(S.validate_counts_sql(stage.requests, problem)).to_pylist()[0]
+        self.report.rows_total, self.report.rows_invalid = int(counts["n"]), 0
+        self.report.rows_duplicate = self.report.rows_total - int(counts["d"])
+        self.report.sample = {"requests": int(counts["d"]), "of": distinct, "rows": stage.rows,
+                              "fraction": stage.fraction}
+
     def _collect(self, stage: S.Collect) -> None:
         """Every open ledger row of this model, by what its state asks for (`states.Rerun`)."""
-        self.wh.execute(S.responses_ddl(self.responses_rel))
+        self.wh.create_table_if_missing(self.responses_rel, S.RESPONSES_COLUMNS, S.RESPONSES_OPTIONS)
+        have = {c.name for c in self.wh.columns(self.responses_rel)}
+        for name, kind in S.RESPONSES_ADDED_COLUMNS:  # a store from before these columns existed
+            if name not in have:
+                self.wh.execute(S.add_column_sql(self.responses_rel, name, kind))
         entries = self.ledger.entries(node=stage.node, open_only=True)
         jobs = [_Job(e, _parse_relation(e.input_table), _parse_relation(e.output_table)) for e in entries]
         if self.flags.dry_run:  # count them as in flight without asking the backend
@@ -302,14 +370,15 @@ class BatchLifecycle:
             name = relation.identifier[len(stage.prefix):]
             if str(relation) in owned or not (name.startswith("in_") or name.startswith("out_") or name == "todo"):
                 continue
-            if name.startswith("out_") and {"request_hash", "response", "status"} <= {c.name for c in self.wh.columns(relation)}:
+            answer = "predictions" if self.embedding else "response"
+            if name.startswith("out_") and {"request_hash", answer, "status"} <= {c.name for c in self.wh.columns(relation)}:
                 self._merge(relation, job_name=f"leftover:{relation.identifier}", model=self.settings.model)
             self.wh.drop(relation)
 
     def _diff(self, stage: S.Diff) -> bool | None:
         """Stage: which requests need an answer, into the todo table. False when nothing does."""
         self._round += 1
-        valid = f"{self.wh.request_problem_sql('request', 'request_hash')} IS NULL" if self.report.rows_invalid else ""
+        valid = f"{self._problem_sql()} IS NULL" if self.report.rows_invalid else ""
         in_flight = [j.input for j in self._in_flight]
         distinct = bool(self.report.rows_duplicate)
         first = self._round == 1
@@ -338,6 +407,7 @@ class BatchLifecycle:
                 input_tokens = int((r["chars"] or 0) / CHARS_PER_TOKEN)
                 output_tokens = int(r["out_tokens"] or 0)
                 price = price_for(self.prices, r["send_model"])
+                price = price.for_mode(self.mode) if price else None  # --online pays online prices
                 total.add(Estimate(int(r["n"]), input_tokens, output_tokens,
                                    price.cost(input_tokens, output_tokens) if price else None))
         previous = self.report.estimate
@@ -466,12 +536,13 @@ class BatchLifecycle:
     def _results(self, stage: S.Results) -> None:
         self.progress(BatchProgress("building results", "", self.report.rows_total, 0, self.report.rows_total))
         checkpoint("before_results")
-        self.wh.create_table_as(stage.relation, S.results_sql(stage.requests, stage.responses))
+        self.wh.create_table_as(stage.relation, S.results_sql(stage.requests, stage.responses, self.embedding,
+                                                              stage.ignore_online))
 
     def _report(self, stage: S.Report) -> None:
         if self.wh.kind(stage.relation) is None or self.report.interrupted:
             return
-        rows = self.wh.query_arrow(S.outcomes_sql(stage.relation, self.macro)).to_pylist()
+        rows = self.wh.query_arrow(S.outcomes_sql(stage.relation, self.macro, self.embedding)).to_pylist()
         self.report.outcomes = {r["outcome"]: int(r["n"]) for r in rows}
         self.report.rows_missing = max(0, self.report.outcomes.get("missing", 0) - self.report.rows_pending
                                        - self.report.rows_invalid)
@@ -489,11 +560,12 @@ class BatchLifecycle:
             self.report.tokens = {"prompt": 0, "candidates": 0, "total": 0}
             self.report.actual_cost = 0.0
             return
-        usage = self.wh.query_arrow(S.usage_sql(stage.responses, self._landed_jobs, self.macro)).to_pylist()
+        usage = self.wh.query_arrow(S.usage_sql(stage.responses, self._landed_jobs, self.macro, self.embedding)).to_pylist()
         self.report.tokens = {k: int(sum(u[k] or 0 for u in usage)) for k in ("prompt", "candidates", "total")}
         cost: float | None = 0.0
         for u in usage:
             price = price_for(self.prices, u["model_name"])
+            price = price.for_mode(self.mode) if price else None
             cost = None if cost is None or price is None else cost + price.cost(int(u["prompt"] or 0),
                                                                                  int(u["candidates"] or 0))
         self.report.actual_cost = None if cost is None else round(cost, 6)
@@ -541,14 +613,15 @@ class BatchLifecycle:
         suffix = f"{self.run_id}_r{self._round}_{index:04d}"
         shard_input = self.todo_rel.with_identifier(f"{base}__in_{suffix}")
         output = self.todo_rel.with_identifier(f"{base}__out_{suffix}")
-        rows = self.wh.create_table_as(shard_input, S.shard_input_sql(self.todo_rel, model, start, stop))
+        fields = self._embedding_fields if self.embedding else None
+        rows = self.wh.create_table_as(shard_input, S.shard_input_sql(self.todo_rel, model, start, stop, fields))
         retried = int(self.wh.query_arrow(S.shard_retried_sql(self.todo_rel, model, start, stop)).column("r")[0].as_py() or 0)
         fingerprint = self.wh.query_arrow(S.fingerprint_sql(shard_input)).column("f")[0].as_py()
         entry = LedgerEntry(
             job_key=f"{self.run_id}-{_label(self.node.name)}-r{self._round}-{index}",
             job_name=None, node=self.node.name, run_id=self.run_id, shard=index, gemini_model=model,
             input_table=str(shard_input), output_table=str(output), fingerprint=fingerprint or "",
-            state=SUBMITTING, row_count=rows,
+            state=SUBMITTING, row_count=rows, mode=self.mode, sample=self.flags.sampled,
         )
         return _Job(entry, shard_input, output, retried=retried)
 
@@ -573,6 +646,7 @@ class BatchLifecycle:
             model=job.entry.gemini_model, input=job.input, output=job.output,
             display_name=f"batchflow-{job.entry.job_key}"[:128], labels=self._labels(job.entry),
             hash_model=self.settings.model,  # build hashed every row with the primary model
+            model_parameters=dict(self._embedding_parameters) if self.embedding else None,
         )
         try:
             job.status = self.backend.submit(spec)
@@ -609,13 +683,16 @@ class BatchLifecycle:
         name = (status.name if status and status.name else None) or job.entry.job_name or job.entry.job_key
         has_output = self.wh.kind(job.output) is not None
         has_input = self.wh.kind(job.input) is not None
-        output_rows = self._merge(job.output, name, job.entry.gemini_model) if has_output else 0
+        mode = job.entry.mode or "batch"  # a job of an earlier online run lands as online
+        output_rows = self._merge(job.output, name, job.entry.gemini_model, mode) if has_output else 0
         missing = 0
         if has_input:
             missing = self._count(job.input) - (self._count_answered(job) if has_output else 0)
             if missing > 0:
                 self.wh.merge_into(self.responses_rel, S.missing_sql(
-                    job.input, job.output if has_output else None, self.responses_rel, name, job.entry.gemini_model),
+                    job.input, job.output if has_output else None, self.responses_rel, name, job.entry.gemini_model,
+                    self.requests_rel if self.embedding else None, mode=mode,
+                    replace_online=self._replace_online and mode == "batch"),
                     ["request_hash"])
         checkpoint("during_merge")
         closed = LANDED if has_output else CLOSED
@@ -637,11 +714,33 @@ class BatchLifecycle:
                 text += f" ({missing:,} of its {job.entry.row_count:,} row(s) had no answer)"
             self._ended_badly.append(text)
 
-    def _merge(self, output: Relation, job_name: str, model: str) -> int:
+    def _merge(self, output: Relation, job_name: str, model: str, mode: str | None = None) -> int:
+        """Land an output table; `mode`: how its job answered (default: as this run does)."""
+        mode = mode or self.mode
+        modes = {"mode": mode, "replace_online": self._replace_online and mode == "batch"}
         types = {c.name: c.type for c in self.wh.columns(output)}
-        sql = S.land_sql(output, self.responses_rel, job_name, model, types.get("request") == "JSON",
-                         types.get("response") == "JSON")
-        return self.wh.merge_into(self.responses_rel, sql, ["request_hash"])
+        if self.embedding:  # `predictions` out; the request comes from the model's request relation
+            request_types = {c.name: c.type for c in self.wh.columns(self.requests_rel)}
+            answers_are_json = types.get("predictions") == "JSON"
+            sql = S.land_sql(output, self.responses_rel, job_name, model, request_types.get("request") == "JSON",
+                             answers_are_json, self.requests_rel, **modes)
+        else:
+            answers_are_json = types.get("response") == "JSON"
+            sql = S.land_sql(output, self.responses_rel, job_name, model, types.get("request") == "JSON",
+                             answers_are_json, **modes)
+        if answers_are_json:
+            return self.wh.merge_into(self.responses_rel, sql, ["request_hash"])
+        # Answers as JSON text (a Vertex embedding job's `predictions` is a STRING column) are parsed
+        # by a plain CREATE TABLE AS first, then merged: local-bigquery, the BigQuery emulator, cannot
+        # run SAFE.PARSE_JSON inside a MERGE's source (BigQuery can). One more statement per job; a
+        # crash leaves an `out_*` table without answer columns, which collect drops.
+        parsed = output.with_identifier(f"{output.identifier}_parsed")
+        self.wh.drop(parsed)
+        self.wh.create_table_as(parsed, sql)
+        try:
+            return self.wh.merge_into(self.responses_rel, f"SELECT * FROM {parsed.render()}", ["request_hash"])
+        finally:
+            self.wh.drop(parsed)
 
     def _count(self, relation: Relation) -> int:
         return int(self.wh.query_arrow(S.count_sql(relation)).column("n")[0].as_py())

@@ -13,17 +13,19 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from batchflow.batch.base import BatchBackend
 from batchflow.compiler import Compiler, Manifest, Node, inline_unbuilt
 from batchflow.csvfile import shape_problem
 from batchflow.errors import BatchflowError, ConfigError
+from batchflow.hooks import run_model_hooks
 from batchflow.interrupt import Interrupt, block_signals_in_this_thread
 from batchflow.ledger import Ledger
 from batchflow.cost import RunBudget, price_table
 from batchflow.lifecycle import BatchLifecycle, BatchProgress, RunFlags
 from batchflow.seeds import load_seed, missing_relation_hint, upstream_seeds
+from batchflow.table_options import not_applied, table_options_for
 from batchflow.warehouse.base import Warehouse
 
 
@@ -47,6 +49,14 @@ class NodeResult:
     bytes_processed: int | None = None  # dry runs on BigQuery
     path: str = ""
     line: int | None = None
+    unique_id: str = ""  # dbt's unique id, where the name alone does not say it (tests, unit tests, snapshots)
+    compiled_code: str | None = None  # tests: the SELECT of the failing rows
+
+
+#: held while a schema is created (nodes and tests on several threads may create the same one)
+SCHEMA_LOCK = threading.Lock()
+#: statuses after which what depends on a node or test may run (a test that warns does not block)
+_DONE = ("success", "pass", "warn")
 
 
 class Reporter(Protocol):
@@ -62,6 +72,9 @@ class Reporter(Protocol):
         """A batch model's jobs moved (rows done and failed out of the rows sent), or it entered
         another phase (landing a job's output, building the results table)."""
 
+    def test_finished(self, result: NodeResult) -> None:
+        """A data test or unit test finished (pass, warn, fail, error or skipped)."""
+
 
 class SilentReporter:
     """A reporter that prints nothing."""
@@ -75,6 +88,9 @@ class SilentReporter:
     def batch_progress(self, node: Node, progress: BatchProgress) -> None:  # noqa: D102
         pass
 
+    def test_finished(self, result: NodeResult) -> None:  # noqa: D102
+        pass
+
 
 @dataclass
 class RunOptions:
@@ -86,6 +102,8 @@ class RunOptions:
     batch: RunFlags = field(default_factory=RunFlags)
     interrupt: Interrupt = field(default_factory=Interrupt)  # set by a signal: start nothing new
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3])
+    #: the snapshot time of check-strategy snapshots (dbt's snapshot_get_time); None: the warehouse clock
+    snapshot_time: datetime | None = None
 
 
 def load_source_samples(manifest: Manifest, warehouse: Warehouse, names: set[str]) -> None:
@@ -134,9 +152,13 @@ class Runner:
         self.budget = RunBudget(defaults)
 
     # -- scheduling ------------------------------------------------------------------------------
-    def run(self, selected: set[str]) -> list[NodeResult]:
+    def run(self, selected: set[str], checks: Sequence[Any] = (), run_check: Callable[[Any], NodeResult] | None = None,
+            blocks: Mapping[str, Iterable[str]] | None = None) -> list[NodeResult]:
         """Execute `selected` nodes (sources are prepared, not reported). Failed nodes skip their
-        downstream; independent branches go on."""
+        downstream; independent branches go on. `checks`: data tests and unit tests (items with `key`,
+        `name`, `path` and `depends_on`, node names), run by `run_check` on the same pool once what they read
+        has built; `blocks`: check key -> nodes that wait for it (dbt's build: a model waits for its
+        parents' tests and its own unit tests, and a failing one skips it)."""
         order = [n for n in self.manifest.graph.topological_order() if n in selected]
         self.preflight(order)
         sources = [n for n in order if self.manifest.nodes[n].resource_type == "source"]
@@ -153,15 +175,39 @@ class Runner:
             for n in order:
                 deps[n] += sorted((upstream_seeds(self.manifest, {n}) & seeds_here) - set(deps[n]) - {n})
         index = {n: i + 1 for i, n in enumerate(order)}
+        by_key = {c.key: c for c in checks}
+        for check in checks:  # a check reads nodes of this run once built; the others are assumed built
+            deps[check.key] = [d for d in check.depends_on if d in index]
+            # ... and the seeds loaded in this run behind them (a unit test types its fixture rows from
+            # the relations it replaces: a source a seed loads must exist first)
+            if seeds_here:
+                deps[check.key] += sorted((upstream_seeds(self.manifest, set(check.depends_on)) & seeds_here)
+                                          - set(deps[check.key]))
+        for key, waiting in (blocks or {}).items():
+            for name in waiting:
+                if name in index and key in by_key and key not in deps[name]:
+                    deps[name].append(key)
         running: dict[Future[NodeResult], str] = {}
-        remaining = list(order)
+        remaining = list(order) + list(by_key)
         with ThreadPoolExecutor(max_workers=max(1, self.options.threads), initializer=block_signals_in_this_thread) as pool:
             while remaining or running:
                 for name in list(remaining):
                     if any(d not in results for d in deps[name]):
                         continue
                     remaining.remove(name)
-                    failed = [d for d in deps[name] if results[d].status != "success" or self._dry_batch(d)]
+                    failed = [d for d in deps[name] if results[d].status not in _DONE or self._dry_batch(d)]
+                    if name in by_key:  # a data test or unit test
+                        check = by_key[name]
+                        if failed or self.options.interrupt.is_set() or run_check is None:
+                            from batchflow.testing import skipped
+
+                            why = (f"upstream {', '.join(failed)} did not succeed" if failed
+                                   else "the run was interrupted")
+                            results[name] = skipped(check, why)
+                            self.reporter.test_finished(results[name])
+                        else:
+                            running[pool.submit(run_check, check)] = name
+                        continue
                     node = self.manifest.nodes[name]
                     if self.options.interrupt.is_set():
                         results[name] = NodeResult(
@@ -177,14 +223,19 @@ class Runner:
                     self.reporter.node_started(node, index[name], len(order))
                     running[pool.submit(self._execute, node)] = name
                 if not running:
+                    if remaining and all(any(d not in results for d in deps[n]) for n in remaining):
+                        raise BatchflowError(f"nothing can start: {', '.join(remaining[:5])} wait on each other")
                     continue
                 # A timeout, so the main thread wakes to run signal handlers promptly.
                 done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     name = running.pop(future)
                     results[name] = future.result()
-                    self.reporter.node_finished(self.manifest.nodes[name], results[name], index[name], len(order))
-        return [results[n] for n in order]
+                    if name in by_key:
+                        self.reporter.test_finished(results[name])
+                    else:
+                        self.reporter.node_finished(self.manifest.nodes[name], results[name], index[name], len(order))
+        return [results[n] for n in order] + [results[k] for k in by_key]
 
     def preflight(self, order: list[str]) -> None:
         """Checks that must pass before anything runs: every seed the run may load has a well-formed CSV
@@ -195,6 +246,10 @@ class Runner:
             problem = shape_problem(path)
             if problem is not None:
                 raise ConfigError(f"seed {name}: {problem[0]}", path, problem[1])
+        for name in order:  # table configs (partition_by, cluster_by, ...) checked before anything is built
+            node = self.manifest.nodes[name]
+            if node.resource_type == "model" and node.materialized in ("view", "table", "incremental"):
+                table_options_for(node)
         if not any(self.manifest.nodes[n].materialized == "batch" for n in order):
             return
         self.wh.check_batch_location()
@@ -203,7 +258,8 @@ class Runner:
 
     def _dry_batch(self, name: str) -> bool:
         """In a dry run a batch model lands nothing new, so what reads it is not rebuilt."""
-        return self.options.batch.dry_run and self.manifest.nodes[name].materialized == "batch"
+        node = self.manifest.nodes.get(name)  # None: a data test or unit test
+        return self.options.batch.dry_run and node is not None and node.materialized == "batch"
 
     def _skipped(self, node: Node, failed: list[str], results: dict[str, NodeResult]) -> NodeResult:
         reasons = {results[d].status for d in failed}
@@ -238,8 +294,15 @@ class Runner:
             path=node.path,
         )
         try:
-            self.wh.ensure_schema(node.relation.schema)
+            with SCHEMA_LOCK:  # two threads creating one schema conflict on DuckDB
+                self.wh.ensure_schema(node.relation.schema)
+            hooked = (node.resource_type == "model" and node.materialized != "ephemeral"
+                      and not self.options.batch.dry_run)
+            if hooked:
+                run_model_hooks(node, "pre", self.compiler, self.wh)
             result.rows = self._materialize(node, result)
+            if hooked and result.status == "success":
+                run_model_hooks(node, "post", self.compiler, self.wh)
         except BatchflowError as exc:
             result.status = "error"
             result.message = _hinted(self.manifest, exc.message)
@@ -258,26 +321,40 @@ class Runner:
             with self._lock:  # seeds on several threads share the seed-state table
                 return load_seed(self.manifest, self.wh, node.name)
         kind = node.materialized
-        sql = node.compiled_sql.strip().rstrip(";")
-        if kind == "ephemeral":
+        if node.resource_type == "snapshot":
+            return self._snapshot(node)
+        if kind == "ephemeral":  # inlined where it is read; one that did not compile fails here
+            if node.error is not None:
+                raise node.error
             return None
+        # An incremental model adds to its table when the table exists (and no --full-refresh).
+        adds = (kind == "incremental" and not self.options.full_refresh and not self.options.batch.dry_run
+                and self.wh.kind(node.relation) == "table")
+        # The one place a model renders with `execute` true (a model that did not compile raises here).
+        sql = self.compiler.sql_for_build(node, self.wh, is_incremental=adds).strip().rstrip(";")
         if self.options.batch.dry_run:
             # Nothing is built: models not built yet are inlined so the SQL can still be checked,
             # and a batch model counts its requests from the inlined SELECT.
-            sql = inline_unbuilt(self.manifest, node.name, lambda n: self.wh.kind(n.relation) is not None)
+            sql = inline_unbuilt(self.manifest, node.name, lambda n: self.wh.kind(n.relation) is not None, sql)
             if kind != "batch":
                 result.bytes_processed, columns = self.wh.dry_run(sql)
                 size = "" if result.bytes_processed is None else f", {result.bytes_processed:,} bytes"
                 result.message = f"dry run: valid, {len(columns)} columns{size}"
                 return None
+        if sql != node.compiled_sql.strip().rstrip(";"):
             node = dataclasses.replace(node, compiled_sql=sql)
+        if kind in ("view", "table", "incremental"):
+            options = table_options_for(node)
+            ignored = not_applied(options, self.wh.TABLE_OPTIONS_IGNORED)
+            if ignored:  # e.g. cluster_by on DuckDB: a note, the model still builds
+                result.message = f"not applied on {self.wh.name}: " + ", ".join(ignored)
         if kind == "view":
-            self.wh.create_view_as(node.relation, sql)
+            self.wh.create_view_as(node.relation, sql, options)
             return None
         if kind == "table":
-            return self.wh.create_table_as(node.relation, sql)
+            return self.wh.create_table_as(node.relation, sql, options)
         if kind == "incremental":
-            return self._incremental(node, sql)
+            return self._incremental(node, sql, adds)
         if kind == "batch":
             lifecycle = BatchLifecycle(
                 node,
@@ -308,15 +385,32 @@ class Runner:
             return report.rows_total
         raise BatchflowError(f"unknown materialization {kind!r}", node.path)
 
-    def _incremental(self, node: Node, sql: str) -> int:
-        exists = self.wh.kind(node.relation) == "table"
-        if not exists or self.options.full_refresh:
-            return self.wh.create_table_as(node.relation, sql)
-        sql = self.compiler.compile_for_run(self.manifest, node.name, is_incremental=True).strip().rstrip(";")
+    def _snapshot(self, node: Node) -> int | None:
+        """dbt's snapshot materialization (batchflow.snapshots): create the table, or merge the changes."""
+        from batchflow.snapshots import run_snapshot, snapshot_spec
+
+        sql = self.compiler.sql_for_build(node, self.wh).strip().rstrip(";")
+        if self.options.batch.dry_run:
+            self.wh.dry_run(sql)
+            return None
+        return run_snapshot(self.wh, node.relation, sql, snapshot_spec(node.config, node.path),
+                            now=self.options.snapshot_time)
+
+    def _incremental(self, node: Node, sql: str, adds: bool) -> int:
+        """`sql` was rendered with is_incremental() true exactly when `adds`."""
+        options = table_options_for(node)
+        if not adds:
+            return self.wh.create_table_as(node.relation, sql, options)
+        self.wh.apply_schema_change(node.relation, sql, options)  # on_schema_change (ignore: nothing)
         key = node.config.get("unique_key")
-        if key:
-            return self.wh.merge_into(node.relation, sql, [key] if isinstance(key, str) else list(key))
-        return self.wh.insert_into(node.relation, sql)
+        if options.incremental_strategy == "insert_overwrite":
+            rows = self.wh.insert_overwrite(node.relation, sql, options)
+        elif key and options.incremental_strategy == "merge":
+            rows = self.wh.merge_into(node.relation, sql, [key] if isinstance(key, str) else list(key))
+        else:
+            rows = self.wh.insert_into(node.relation, sql)
+        self.wh.apply_table_options(node.relation, options)  # descriptions, labels, grants of the kept table
+        return rows
 
     # -- lazily opened batch machinery -------------------------------------------------------------
     @property

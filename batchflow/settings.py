@@ -40,7 +40,9 @@ MATERIALIZATIONS = ("view", "table", "incremental", "ephemeral", "batch")
 BLOCK_REASONS = ("RECITATION", "SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "MAX_TOKENS", "OTHER")
 MOCK_OUTCOMES = ("recitation", "safety", "prompt_blocked", "max_tokens", "row_error", "transient_error")
 PROVIDERS = ("mock", "openai")
-BACKENDS = ("local", "vertex")
+BACKENDS = ("local", "vertex", "online")
+ONLINE_APIS = ("vertex", "gemini")
+ONLINE_ANSWERS = ("reuse", "ignore")
 BIGQUERY_METHODS = ("oauth", "service-account", "service-account-json", "oauth-secrets", "none")
 DATA_TESTS = ("not_null", "unique", "accepted_values", "relationships")
 
@@ -58,6 +60,9 @@ def _f(default: Any, doc: str, **constraints: Any) -> Any:
 
 PositiveInt = Annotated[int, annotated_types.Ge(1)]
 StrOrList = Union[str, list[str]]
+#: a hook: SQL text, or a list of texts and dbt's `{sql: ..., transaction: ...}` mappings
+Hooks = Union[str, list[Union[str, dict[str, Any]]]]
+_HOOK_DOC = "SQL run against the warehouse {} the model is built, rendered with its context ({{{{ this }}}}); accumulates down the folders"
 
 # ---- batch models -----------------------------------------------------------------------------------------
 
@@ -82,6 +87,8 @@ class BatchModelConfig(_Section):
     estimated_output_tokens: int = _f(DEFAULT_OUTPUT_TOKENS,
                                       "output tokens per request for estimates without maxOutputTokens", ge=1)
     poll_interval: float | None = _f(None, "seconds between polls of running jobs (default: the backend's)", gt=0)
+    online_answers: Literal[ONLINE_ANSWERS] = _f(  # type: ignore[valid-type]
+        "ignore", "answers from `--online` runs: `reuse` them in batch runs, or `ignore` them (sent again as batch)")
 
 
 class BatchSettings(BaseModel):
@@ -101,6 +108,7 @@ class BatchSettings(BaseModel):
     max_estimated_cost: float | None = Field(None, ge=0)
     output_tokens: int = Field(DEFAULT_OUTPUT_TOKENS, ge=1, alias="estimated_output_tokens")
     poll_interval: float | None = Field(None, gt=0)
+    online_answers: Literal[ONLINE_ANSWERS] = "ignore"  # type: ignore[valid-type]
 
     @field_validator("key", mode="before")
     @classmethod
@@ -129,7 +137,7 @@ class BatchSettings(BaseModel):
             key = "estimated_output_tokens" if loc and loc[0] == "output_tokens" else str(loc[0]) if loc else "?"
             hint = ""
             if error["type"] == "literal_error":
-                close = difflib.get_close_matches(str(error["input"]).upper(), BLOCK_REASONS + ("fail", "skip"), n=1)
+                close = difflib.get_close_matches(str(error["input"]).upper(), BLOCK_REASONS + ("fail", "skip") + ONLINE_ANSWERS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"`{key}:` {error['msg']} (got {config.get(key)!r}){hint}", path) from None
 
@@ -139,6 +147,10 @@ class Price(_Section):
 
     input_per_million: float = _f(..., "USD per million input tokens", ge=0)
     output_per_million: float = _f(..., "USD per million output tokens", ge=0)
+    online_input_per_million: float | None = _f(None, "USD per million input tokens online (`--online`; "
+                                                "default: twice the batch price, Vertex's 50% batch discount)", ge=0)
+    online_output_per_million: float | None = _f(None, "USD per million output tokens online (default: twice "
+                                                 "the batch price)", ge=0)
 
 
 class ProjectBatch(BatchModelConfig):
@@ -165,6 +177,9 @@ class ProjectFile(_Section):
     vars: dict[str, Any] = _f({}, "values for var(); `vars: {<project>: {...}}` scopes them to this project")
     models: dict[str, Any] = _f({}, "folder configs: `<project>: <folder>: +<model config key>: value`")
     seeds: dict[str, Any] = _f({}, "folder configs for seeds, as under `models:`")
+    snapshot_paths: StrOrList = _f(["snapshots"], "folders holding snapshots (`{% snapshot %}` blocks in .sql, "
+                                   "`snapshots:` entries with `relation:` in .yml)", alias="snapshot-paths")
+    snapshots: dict[str, Any] = _f({}, "folder configs for snapshots, as under `models:`")
     batch: ProjectBatch = _f({}, "defaults for every batch model, `prices:` and per-run limits")
     dialect: Literal["bigquery", "duckdb", "postgres", "snowflake", "redshift", "databricks", "spark", "trino"] = _f(
         "bigquery", "SQL dialect the models are written in: sqlglot transpiles it to the target's; "
@@ -173,6 +188,42 @@ class ProjectFile(_Section):
                                         "`search_order: [my_project, dbt_utils]`")
     packages_install_path: str | None = _f("dbt_packages", "folder where `batchflow deps` installs packages",
                                     alias="packages-install-path")
+    test_paths: StrOrList = _f(["tests"], "folders of singular tests (`.sql`), generic tests (`generic/`) and unit "
+                               "test fixtures (`fixtures/`)", alias="test-paths")
+    analysis_paths: StrOrList = _f(["analyses"], "folders of analyses: compiled to target/compiled, never run",
+                                   alias="analysis-paths")
+    on_run_start: Hooks | None = _f(None, "SQL run against the target before run, build, seed and test (dbt's "
+                                    "context: target, var, macros)", alias="on-run-start")
+    on_run_end: Hooks | None = _f(None, "SQL run after run, build, seed and test (also `results`, `schemas`)",
+                                  alias="on-run-end")
+
+
+class PartitionRangeConfig(_Section):
+    """`range:` of an int64 `partition_by` (RANGE_BUCKET over GENERATE_ARRAY(start, end, interval))."""
+
+    start: int = _f(..., "first value of the first partition")
+    end: int = _f(..., "end of the last partition (exclusive)")
+    interval: int = _f(..., "width of each partition", ge=1)
+
+
+class PartitionByConfig(_Section):
+    """`partition_by:` of a table or incremental model, dbt-bigquery's dictionary form."""
+
+    field: str = _f(..., "the column to partition on")
+    data_type: Literal["TIMESTAMP", "DATE", "DATETIME", "INT64"] = Field(
+        "DATE", description="the column's type (any case)", json_schema_extra={"case_insensitive": True})
+    granularity: Literal["HOUR", "DAY", "MONTH", "YEAR"] = Field(
+        "DAY", description="partition width of a time column (any case)", json_schema_extra={"case_insensitive": True})
+    range: PartitionRangeConfig | None = _f(None, "int64 partitions: `{start: 0, end: 100, interval: 10}`")
+    copy_partitions: bool = _f(False, "dbt's copy-job variant of insert_overwrite: refused (batchflow merges)")
+    time_ingestion_partitioning: bool = _f(False, "partition on ingestion time: refused (partition on a column)")
+
+
+class PersistDocsConfig(_Section):
+    """`persist_docs:` of a model: which yml descriptions are written to the warehouse."""
+
+    relation: bool = _f(False, "the model's description becomes the table's (BigQuery) or its COMMENT (DuckDB)")
+    columns: bool = _f(False, "column descriptions from yml become the columns' (BigQuery) or their COMMENTs")
 
 
 class ModelConfig(BatchModelConfig):
@@ -190,12 +241,41 @@ class ModelConfig(BatchModelConfig):
     docs: dict[str, Any] = _f({}, "dbt docs settings (kept in the manifest)")
     description: str | None = _f(None, "the model's description")
     unique_key: StrOrList | None = _f(None, "incremental models: merge on these columns (default: append)")
+    partition_by: PartitionByConfig | None = _f(None, "BigQuery: PARTITION BY the column (truncated to the "
+                                                "granularity) or RANGE_BUCKET for int64; DuckDB: not applied")
+    cluster_by: StrOrList | None = _f(None, "BigQuery: CLUSTER BY these columns (at most 4); DuckDB: not applied")
+    require_partition_filter: bool | None = _f(None, "BigQuery: queries must filter on the partition column")
+    partition_expiration_days: float | None = _f(None, "BigQuery: partitions older than this are deleted", gt=0)
+    labels: dict[str, str] = _f({}, "BigQuery table labels (merged down the folders); DuckDB: not applied")
+    persist_docs: PersistDocsConfig = _f({}, "write yml descriptions: BigQuery table/column descriptions, "
+                                         "DuckDB COMMENT ON")
+    kms_key_name: str | None = _f(None, "BigQuery: Cloud KMS key encrypting the table; DuckDB: not applied")
+    hours_to_expiration: int | None = _f(None, "BigQuery: the table expires this many hours after it is built",
+                                         ge=1)
+    grants: dict[str, StrOrList] = _f({}, "BigQuery: `{role: [grantee, ...]}` granted on the table or view "
+                                      "after each build, e.g. `roles/bigquery.dataViewer: [user:ana@example.com]`")
+    incremental_strategy: Literal["merge", "append", "insert_overwrite"] | None = _f(
+        None, "incremental models: merge on unique_key (default; appends without one), append, or replace the "
+        "partitions of the new rows (insert_overwrite, needs partition_by)")
+    partitions: list[str] | None = _f(None, "insert_overwrite: the partitions to replace, as SQL literals "
+                                      "(static); default: those the new rows fall in (dynamic)")
+    pre_hook: Hooks = _f([], _HOOK_DOC.format("before"))
+    pre_hook_dashed: Hooks = _f([], "dbt_project.yml spelling of `pre_hook`", alias="pre-hook")
+    post_hook: Hooks = _f([], _HOOK_DOC.format("after"))
+    post_hook_dashed: Hooks = _f([], "dbt_project.yml spelling of `post_hook`", alias="post-hook")
+    on_schema_change: Literal["ignore", "fail", "append_new_columns", "sync_all_columns"] = _f(
+        "ignore", "incremental models whose SELECT gained or lost columns: ignore, fail, add the new columns, "
+        "or add and drop to match")
 
 
 #: Which materializations a key of `ModelConfig` acts on (keys not listed act on every materialization).
 MATERIALIZATION_KEYS: dict[str, tuple[str, ...]] = {
     **{key: ("batch",) for key in BatchModelConfig.model_fields},
     "unique_key": ("incremental",),
+    **{key: ("table", "incremental") for key in ("partition_by", "cluster_by", "require_partition_filter",
+                                                 "partition_expiration_days", "kms_key_name")},
+    **{key: ("view", "table", "incremental") for key in ("labels", "persist_docs", "hours_to_expiration", "grants")},
+    **{key: ("incremental",) for key in ("incremental_strategy", "partitions", "on_schema_change")},
 }
 
 
@@ -211,6 +291,40 @@ class SeedConfig(_Section):
     meta: dict[str, Any] = _f({}, "free-form metadata")
     docs: dict[str, Any] = _f({}, "dbt docs settings")
     description: str | None = _f(None, "the seed's description")
+    column_types: dict[str, str] = _f({}, "`{column: type}` in the target's type names: the loaded column is cast "
+                                      "to it")
+
+
+class SnapshotConfig(_Section):
+    """A snapshot's config (dbt 1.11): config() in its `{% snapshot %}` block, `config:` in its yml entry,
+    `+key` under `snapshots:` in the project file."""
+
+    materialized: Literal["snapshot"] = _f("snapshot", "always `snapshot`")
+    enabled: bool = _f(True, "false removes the snapshot")
+    tags: StrOrList = _f([], "tags for `-s tag:...`")
+    unique_key: StrOrList | None = _f(None, "the column(s) identifying a row (required)")
+    strategy: Literal["timestamp", "check"] | None = _f(None, "timestamp: a row changed when `updated_at` grew; "
+                                                        "check: when a `check_cols` value changed (required)")
+    updated_at: str | None = _f(None, "timestamp strategy: the column saying when the row changed (check: "
+                                "optional, else the snapshot time)")
+    check_cols: StrOrList | None = _f(None, "check strategy: `all` or the columns compared")
+    hard_deletes: Literal["ignore", "invalidate", "new_record"] | None = _f(
+        None, "rows gone from the source: kept current (ignore, default), closed (invalidate), or closed and a "
+        "`dbt_is_deleted = 'True'` version added (new_record)")
+    invalidate_hard_deletes: bool = _f(False, "dbt < 1.9's `hard_deletes: invalidate`")
+    dbt_valid_to_current: str | None = _f(None, "SQL for dbt_valid_to of current rows (default NULL), e.g. "
+                                          "\"date('9999-12-31')\"")
+    snapshot_meta_column_names: dict[str, str] = _f({}, "renames of dbt_valid_from, dbt_valid_to, dbt_scd_id, "
+                                                    "dbt_updated_at, dbt_is_deleted")
+    target_schema: str | None = _f(None, "schema of the table, used as is (dbt < 1.9; default: the target's, "
+                                   "with `schema`)")
+    target_database: str | None = _f(None, "database (BigQuery project) of the table (dbt < 1.9)")
+    schema_: str | None = _f(None, "custom schema: `<target schema>_<schema>`", alias="schema")
+    database: str | None = _f(None, "BigQuery project of the table")
+    alias: str | None = _f(None, "table name (default: the snapshot's name)")
+    meta: dict[str, Any] = _f({}, "free-form metadata")
+    docs: dict[str, Any] = _f({}, "dbt docs settings")
+    description: str | None = _f(None, "the snapshot's description")
 
 
 # ---- yml property files ---------------------------------------------------------------------------------------
@@ -223,6 +337,10 @@ class PropertiesFile(_Section):
     models: list[dict[str, Any]] = _f([], "model entries")
     seeds: list[dict[str, Any]] = _f([], "seed entries")
     sources: list[dict[str, Any]] = _f([], "source entries")
+    snapshots: list[dict[str, Any]] = _f([], "snapshot entries: `name`, `relation` (ref/source, dbt 1.9+), "
+                                         "`config`, `description`, `columns`")
+    unit_tests: list[dict[str, Any]] = _f([], "YAML unit tests: `name`, `model`, `given` (input, rows, format), "
+                                          "`expect`, `overrides` (macros, vars, env_vars)")
 
 
 class ColumnEntry(_Section):
@@ -242,7 +360,7 @@ class ModelEntry(_Section):
     description: str | None = _f(None, "the model's description")
     columns: list[ColumnEntry] = _f([], "documented columns and their tests")
     config: dict[str, Any] = _f({}, "model config keys (see the model config section)")
-    data_tests: list[Any] = _f([], "model-level data tests (batchflow runs column tests only: warned)")
+    data_tests: list[Any] = _f([], "model-level data tests (generic tests without a column)")
     tests: list[Any] = _f([], "dbt's older name for `data_tests`")
 
 
@@ -259,7 +377,7 @@ class SourceTableEntry(_Section):
     sample: str | None = _f(None, "CSV standing in for the table on the local target (or `meta: {sample:}`)")
     meta: dict[str, Any] = _f({}, "free-form metadata; `sample:` is read from here too")
     columns: list[ColumnEntry] = _f([], "documented columns and their tests")
-    data_tests: list[Any] = _f([], "table-level data tests (batchflow runs column tests only: warned)")
+    data_tests: list[Any] = _f([], "table-level data tests (generic tests without a column)")
     tests: list[Any] = _f([], "dbt's older name for `data_tests`")
 
 
@@ -275,22 +393,44 @@ class SourceEntry(_Section):
     tables: list[SourceTableEntry] = _f([], "the source's tables")
 
 
-class AcceptedValuesTest(_Section):
+class _TestConfig(_Section):
+    """dbt's configs of a data test (beside its arguments, or under `config:`)."""
+
+    config: dict[str, Any] = _f({}, "the test's configs, as the keys below")
+    severity: Literal["error", "warn", "ERROR", "WARN"] = _f("error", "warn: a failure is a warning (exit 0)")
+    where: str | None = _f(None, "only rows matching this SQL condition are tested")
+    limit: int | None = _f(None, "count at most this many failing rows", ge=0)
+    warn_if: str = _f("!= 0", "warn when the failing-row count matches (`>10`, `!= 0`)")
+    error_if: str = _f("!= 0", "fail when the failing-row count matches")
+    fail_calc: str = _f("count(*)", "SQL aggregate over the failing rows that warn_if/error_if compare")
+    store_failures: bool | None = _f(None, "keep the failing rows in `<schema>_dbt_test__audit.<test name>`")
+    store_failures_as: Literal["table", "view", "ephemeral"] | None = _f(None, "table/view: as store_failures")
+    name: str | None = _f(None, "the test's name (default: dbt's generated name)")
+    tags: StrOrList = _f([], "tags for `-s tag:...`")
+    meta: dict[str, Any] = _f({}, "free-form metadata")
+    enabled: bool = _f(True, "false: the test does not exist")
+    description: str | None = _f(None, "the test's description")
+    alias: str | None = _f(None, "table name of its stored failures")
+    database: str | None = _f(None, "project of its stored failures")
+    schema_: str | None = _f(None, "schema of its stored failures (default dbt_test__audit)", alias="schema")
+
+
+class AcceptedValuesTest(_TestConfig):
     """Arguments of the `accepted_values` data test."""
 
-    values: list[Any] = _f(..., "the allowed values (compared as strings)")
-    quote: bool = _f(True, "dbt's quoting switch; batchflow always compares as strings")
+    values: list[Any] = _f(..., "the allowed values")
+    quote: bool = _f(True, "false: the values are SQL expressions (numbers), not quoted strings")
 
 
-class RelationshipsTest(_Section):
+class RelationshipsTest(_TestConfig):
     """Arguments of the `relationships` data test."""
 
     to: str = _f(..., "the parent: `ref('model')`")
     field: str = _f(..., "the parent's column")
 
 
-class NoArgsTest(_Section):
-    """Arguments of `not_null` and `unique`: none."""
+class NoArgsTest(_TestConfig):
+    """Arguments of `not_null` and `unique`: none (only configs)."""
 
 
 # ---- profiles.yml -----------------------------------------------------------------------------------------
@@ -338,6 +478,33 @@ class BigQueryTarget(_Target):
     use_storage_api: bool = _f(False, "download results through the BigQuery Storage Read API")
 
 
+class OnlineSettings(_Section):
+    """`online:` in a target's `batch:` block: who answers `--online` runs (a `backend: online` block takes
+    the same keys at its top)."""
+
+    api: Literal[ONLINE_APIS] | None = _f(  # type: ignore[valid-type]
+        None, "`vertex` (project/location, application default credentials) or `gemini` (the Gemini Developer "
+        "API, an API key); default: gemini when only an API key is given")
+    project: str | None = _f(None, "GCP project (default: the target's vertex project, $GOOGLE_CLOUD_PROJECT)")
+    location: str | None = _f(None, "Vertex AI region (default: the target's, $GOOGLE_CLOUD_LOCATION)")
+    api_key: str | None = _f(None, "Gemini API key (prefer `api_key_env`)")
+    api_key_env: str | None = _f(None, "environment variable holding the API key (else $GEMINI_API_KEY)")
+    access_token: str | None = _f(None, "a fixed bearer token for Vertex (emulators, short-lived tokens)")
+    base_url: str | None = _f(None, "API host, e.g. an emulator (default: Google's)")
+    api_version: str | None = _f(None, "API version (default: google-genai's)")
+    concurrency: int = _f(8, "requests in flight at once", ge=1)
+    max_attempts: int = _f(5, "tries per request on 429/5xx (a Retry-After is honoured)", ge=1)
+    backoff_initial: float = _f(1.0, "first retry delay in seconds (exponential, with jitter)", ge=0)
+    backoff_max: float = _f(30.0, "longest retry delay in seconds", ge=0)
+    timeout: float = _f(120.0, "seconds per call", gt=0)
+
+
+class OnlineBatch(OnlineSettings):
+    """`batch:` of a target with `backend: online`: every run answers at once, as `--online` does."""
+
+    backend: Literal[BACKENDS] = _f("online", "who answers requests")  # type: ignore[valid-type]
+
+
 class LocalBatch(_Section):
     """`batch:` of a target with `backend: local` (the default on DuckDB)."""
 
@@ -348,6 +515,7 @@ class LocalBatch(_Section):
     processes: int = _f(0, "worker processes for CPU-bound providers on jobs of 50,000+ rows (0: threads)", ge=0)
     mock: dict[str, Any] = _f({}, "options of the mock provider")
     openai: dict[str, Any] = _f({}, "options of the openai provider")
+    online: OnlineSettings = _f({}, "who answers `--online` runs (Vertex AI or the Gemini API)")
 
 
 class VertexBatch(_Section):
@@ -360,6 +528,7 @@ class VertexBatch(_Section):
     base_url: str | None = _f(None, "Vertex AI API host, e.g. an emulator")
     api_version: str | None = _f(None, "Vertex AI API version")
     poll_interval: float = _f(30.0, "seconds between polls of running jobs", gt=0)
+    online: OnlineSettings = _f({}, "`--online` runs: overrides of what they take from this block")
 
 
 class MockFailure(_Section):
@@ -404,7 +573,13 @@ SECTIONS: dict[str, tuple[type[BaseModel], str, str]] = {
     "price": (Price, "`batch: prices: <model>:` in the project file", "a `prices:` entry"),
     "model_config": (ModelConfig, "config() in a model, `config:` in its yml entry, `+key` under `models:`",
                      "the model config"),
+    "model_config.partition_by": (PartitionByConfig, "`partition_by:` of a model config", "`partition_by`"),
+    "model_config.partition_by.range": (PartitionRangeConfig, "`range:` of an int64 `partition_by`",
+                                        "`partition_by: range`"),
+    "model_config.persist_docs": (PersistDocsConfig, "`persist_docs:` of a model config", "`persist_docs`"),
     "seed_config": (SeedConfig, "`config:` of a yml seed entry, `+key` under `seeds:`", "the seed config"),
+    "snapshot_config": (SnapshotConfig, "config() in a snapshot, `config:` of a yml snapshot entry, `+key` under "
+                        "`snapshots:`", "the snapshot config"),
     "yml": (PropertiesFile, "a yml properties file", "a properties file"),
     "yml.model": (ModelEntry, "a `models:` entry", "a `models:` entry"),
     "yml.seed": (SeedEntry, "a `seeds:` entry", "a `seeds:` entry"),
@@ -419,47 +594,61 @@ SECTIONS: dict[str, tuple[type[BaseModel], str, str]] = {
     "target.bigquery": (BigQueryTarget, "a `type: bigquery` output in profiles.yml", "a bigquery target"),
     "batch.local": (LocalBatch, "a target's `batch:` with `backend: local`", "a local `batch:` block"),
     "batch.vertex": (VertexBatch, "a target's `batch:` with `backend: vertex`", "a vertex `batch:` block"),
+    "batch.online": (OnlineBatch, "a target's `batch:` with `backend: online`", "an online `batch:` block"),
+    "online": (OnlineSettings, "`online:` in a target's `batch:` block", "the `online:` options"),
     "provider.mock": (MockProvider, "`mock:` in a local `batch:` block", "the mock provider's options"),
     "provider.mock.failure": (MockFailure, "one `mock: failures:` rule", "a mock failure rule"),
     "provider.openai": (OpenAIProvider, "`openai:` in a local `batch:` block", "the openai provider's options"),
 }
 
-_HOOKS = "dbt hooks: batchflow runs no hooks"
 _DOCS_ONLY = "dbt documentation metadata: kept, no effect on what is built"
 _NOT_RUN = "batchflow does not run these"
 _BQ_TABLE = "a dbt-bigquery table option batchflow does not apply yet"
-_TEST_CONFIG = "a dbt test config batchflow does not apply yet: the test runs as written"
 _DUCKDB_PROFILE = "a dbt-duckdb connection option batchflow does not apply"
 _BQ_PROFILE = "a dbt-bigquery connection option batchflow does not apply"
 _MODEL_DBT = {
-    "pre-hook": _HOOKS, "post-hook": _HOOKS, "pre_hook": _HOOKS, "post_hook": _HOOKS,
-    "persist_docs": "descriptions are not written to the warehouse",
     "full_refresh": "use --full-refresh on the command line",
-    "on_schema_change": "an incremental model's new columns are not added automatically",
-    "incremental_strategy": "incremental models append, or merge on unique_key",
     "incremental_predicates": "merges compare unique_key only",
     "merge_update_columns": "merges update every column", "merge_exclude_columns": "merges update every column",
-    "partition_by": _BQ_TABLE, "cluster_by": _BQ_TABLE, "labels": _BQ_TABLE, "kms_key_name": _BQ_TABLE,
-    "hours_to_expiration": _BQ_TABLE, "require_partition_filter": _BQ_TABLE,
-    "partition_expiration_days": _BQ_TABLE, "grant_access_to": _BQ_TABLE, "enable_refresh": _BQ_TABLE,
+    "grant_access_to": _BQ_TABLE, "enable_refresh": _BQ_TABLE,
     "refresh_interval_minutes": _BQ_TABLE, "max_staleness": _BQ_TABLE, "resource_tags": _BQ_TABLE,
-    "grants": "no GRANTs are issued", "contract": "contracts are not enforced",
+    "contract": "contracts are not enforced",
     "constraints": "constraints are not created", "group": "groups are not used", "access": "access is not checked",
     "sql_header": "no SQL header is sent", "quoting": "identifiers are always quoted",
     "on_configuration_change": "materialized views are not supported",
     "event_time": "microbatch is not supported", "batch_size": "microbatch is not supported",
     "lookback": "microbatch is not supported", "begin": "microbatch is not supported",
     "concurrent_batches": "microbatch is not supported", "unique_key_is_enforced": "not checked",
-    "column_types": "seed column types are inferred", "delimiter": "seeds are read as comma-separated",
+    "column_types": "model column types come from the SELECT", "delimiter": "seeds are read as comma-separated",
     "quote_columns": "seed columns are always quoted", "packages": "python models are not supported",
-    "submission_method": "python models are not supported", "snapshot_meta_column_names": "no snapshots",
+    "submission_method": "python models are not supported",
+    "snapshot_meta_column_names": "applies to snapshots only (`snapshot-paths`)",
     "external_volume": "not applied", "file_format": "not applied", "location": "not applied",
     "options": "not applied", "format": "dbt-duckdb external tables are not supported",
     "freshness": "source freshness is not checked",
 }
-_TEST_DBT = {k: _TEST_CONFIG for k in ("config", "severity", "where", "limit", "warn_if", "error_if",
-                                      "store_failures", "store_failures_as", "fail_calc", "name", "tags",
-                                      "meta", "enabled", "description", "alias", "database", "schema")}
+#: Seeds are loaded from CSV: the model table configs (declared for models) have no effect on them.
+_SEED_DBT = {
+    **{k: v for k, v in _MODEL_DBT.items() if k != "column_types"},
+    **{k: "seed hooks are not run (model hooks are)" for k in ("pre-hook", "post-hook", "pre_hook", "post_hook")},
+    "persist_docs": "seed descriptions are not written to the warehouse",
+    "on_schema_change": "seeds are replaced whole", "incremental_strategy": "seeds are replaced whole",
+    "partitions": "seeds are replaced whole", "grants": "no GRANTs are issued on seeds",
+    **{k: "a dbt-bigquery table option batchflow does not apply to seeds" for k in (
+        "partition_by", "cluster_by", "labels", "kms_key_name", "hours_to_expiration", "require_partition_filter",
+        "partition_expiration_days")},
+}
+#: Snapshots are built by batchflow.snapshots: model hooks and table options are not applied to them.
+_SNAPSHOT_DBT = {
+    **{k: v for k, v in _MODEL_DBT.items() if k not in ("snapshot_meta_column_names", "column_types")},
+    **{k: "snapshot hooks are not run (model hooks are)" for k in ("pre-hook", "post-hook", "pre_hook", "post_hook")},
+    "persist_docs": "snapshot descriptions are not written to the warehouse",
+    "grants": "no GRANTs are issued on snapshots", "strategy_name": "dbt's custom strategies are not supported",
+    **{k: "a dbt-bigquery table option batchflow does not apply to snapshots" for k in (
+        "partition_by", "cluster_by", "labels", "kms_key_name", "hours_to_expiration", "require_partition_filter",
+        "partition_expiration_days")},
+}
+_TEST_DBT: dict[str, str] = {}
 _YML_ENTRY_DBT = {
     "docs": _DOCS_ONLY, "meta": _DOCS_ONLY, "tags": "put tags under `config:`", "access": "access is not checked",
     "group": "groups are not used", "latest_version": "model versions are not supported",
@@ -470,28 +659,28 @@ _YML_ENTRY_DBT = {
 #: Per section: dbt keys batchflow reads but does not act on, with what it does instead (loaded with a warning).
 DBT_KEYS: dict[str, dict[str, str]] = {
     "project": {
-        "test-paths": "singular tests in these folders are not run", "analysis-paths": _NOT_RUN,
-        "snapshot-paths": "snapshots are not built", "docs-paths": _DOCS_ONLY, "asset-paths": _DOCS_ONLY,
+        "docs-paths": _DOCS_ONLY, "asset-paths": _DOCS_ONLY,
         "flags": "dbt behaviour flags",
         "source-paths": "dbt < 1.0 name of model-paths: not read, use model-paths",
         "data-paths": "dbt < 1.0 name of seed-paths: not read, use seed-paths",
-        "quoting": "identifiers are always quoted", "on-run-start": _HOOKS, "on-run-end": _HOOKS,
+        "quoting": "identifiers are always quoted",
         "query-comment": "no query comment is added",
         "tests": "test configs are not applied", "data_tests": "test configs are not applied",
-        "sources": "source configs are not applied", "snapshots": "snapshots are not built",
+        "sources": "source configs are not applied",
         "analyses": _NOT_RUN, "metrics": "the semantic layer is not supported",
         "semantic-models": "the semantic layer is not supported", "saved-queries": "the semantic layer is not supported",
         "exposures": _DOCS_ONLY, "modules-path": "packages are not loaded", "restrict-access": "access is not checked",
-        "vars-file": "vars come from `vars:` and --vars only", "unit_tests": "unit tests are not run",
+        "vars-file": "vars come from `vars:` and --vars only", "unit_tests": "unit test configs are not applied",
         "functions": "user-defined functions are not created", "function-paths": "user-defined functions are not created",
     },
     "project.batch": {},
     "model_config": _MODEL_DBT,
-    "seed_config": _MODEL_DBT,
+    "seed_config": _SEED_DBT,
+    "snapshot_config": _SNAPSHOT_DBT,
     "yml": {
-        "unit_tests": "unit tests are not run", "semantic_models": "the semantic layer is not supported",
+        "semantic_models": "the semantic layer is not supported",
         "metrics": "the semantic layer is not supported", "saved_queries": "the semantic layer is not supported",
-        "analyses": _NOT_RUN, "snapshots": "snapshots are not built", "groups": "groups are not used",
+        "analyses": _NOT_RUN, "groups": "groups are not used",
         "data_tests": "singular test properties are not used", "tests": "singular test properties are not used",
         "functions": "user-defined functions are not created",
     },

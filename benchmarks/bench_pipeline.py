@@ -186,6 +186,7 @@ for name, label in [("_build", "build"), ("_validate", "validate"), ("_collect",
     timed(L, name, label)
 from batchflow.warehouse import duckdb as wh
 timed(wh.DuckDBWarehouse, "load_csv", "load_sample")
+from batchflow.artifacts import batchflow_results
 from batchflow.cli import app
 project = sys.argv[1]
 started = time.perf_counter()
@@ -195,8 +196,8 @@ except SystemExit as exc:
     if exc.code not in (0, None):
         raise
 timings["total"] = time.perf_counter() - started
-results = json.loads((Path(project) / "target" / "run_results.json").read_text())
-nodes = {r["name"]: r for r in results["results"]}
+results = batchflow_results(json.loads((Path(project) / "target" / "run_results.json").read_text()))
+nodes = {r["name"]: r for r in results}
 timings["nodes"] = {n: r["execution_time"] for n, r in nodes.items()}
 timings["spans"] = {n: [r["started_at"], r["completed_at"]] for n, r in nodes.items()}
 timings["rows"] = {n: r.get("rows") for n, r in nodes.items()}

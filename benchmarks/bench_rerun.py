@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from batchflow.artifacts import batchflow_results
+
 REPO = Path(__file__).resolve().parents[1]
 BATCHFLOW = Path(sys.executable).with_name("batchflow")
 WORDS = ("great quality fast shipping broke quickly too small support helpful price fair battery lasts "
@@ -60,7 +62,7 @@ def run(root: Path, *args: str) -> tuple[float, int]:
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"batchflow {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    results = json.loads((root / "target" / "run_results.json").read_text())["results"]
+    results = batchflow_results(json.loads((root / "target" / "run_results.json").read_text()))
     batch = next(r for r in results if r["name"] == "review_requests")["batch"]
     return elapsed, int(batch["rows_sent"])
 

@@ -225,7 +225,11 @@ def duck_ledger(project: Path, schema: str = "reviews") -> list[dict]:
 
 
 def run_results(project: Path) -> dict:
-    return json.loads((project / "target" / "run_results.json").read_text())
+    """run_results.json (dbt's schema) with each result as batchflow reports it (name, status, batch, ...)."""
+    from batchflow.artifacts import batchflow_results
+
+    data = json.loads((project / "target" / "run_results.json").read_text())
+    return {**data, "results": batchflow_results(data)}
 
 
 def batch_report(project: Path) -> dict:

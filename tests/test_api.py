@@ -103,7 +103,9 @@ def test_a_seed_runs_before_what_reads_it_through_unselected_models(example_proj
 def test_build_runs_tests_and_returns_a_report(example_project: Path) -> None:
     recorder = Recorder()
     report = api.build(example_project, reporter=recorder)
-    assert report.exit_code == 0 and report.summary["success"] == len(report.results)
+    built = [r for r in report.results if r.resource_type != "test"]
+    tests = [r for r in report.results if r.resource_type == "test"]
+    assert report.exit_code == 0 and tests and report.summary == {"success": len(built), "pass": len(tests)}
     assert any(t.startswith("not_null") for t in recorder.tests)
     phases = [p.phase for p in recorder.progress]
     assert "waiting" in phases and "landing" in phases and phases[-1] == "building results"
@@ -137,3 +139,12 @@ def test_a_missing_relation_error_carries_the_hint(cli: CLI) -> None:
     assert cli("run", "-s", "review_labels").exit_code == 1
     failed = next(r for r in cli.run_results()["results"] if r["name"] == "review_labels")
     assert "`batchflow run -s +review_requests`" in failed["message"]
+
+
+def test_the_repository_root_project_takes_no_tests_from_the_pytest_folder() -> None:
+    """README command 1 builds the example at the repository root, whose `tests/` is this pytest suite:
+    its SQL fixtures must not become singular tests (the example sets `test-paths: [data_tests]`)."""
+    from tests.conftest import REPO
+
+    tests = api.ls(REPO, resource_type="test")
+    assert tests and {t.path for t in tests} == {"models/schema.yml"}

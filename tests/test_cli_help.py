@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from batchflow import cli
 
-DBT_ORDER = ["init", "debug", "deps", "seed", "compile", "ls", "show", "run", "build", "test", "retry", "jobs"]
+DBT_ORDER = ["init", "debug", "deps", "seed", "snapshot", "compile", "ls", "show", "run", "build", "test", "retry", "docs", "jobs"]
 
 
 def _group():  # noqa: ANN202

@@ -26,15 +26,16 @@ def test_several_values_after_one_selector_flag_are_expanded() -> None:
 @pytest.mark.e2e
 def test_two_selectors_after_one_flag_select_both(example_project: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "batchflow.cli", "ls", "--project-dir", str(example_project),
-                           "-s", "stg_reviews", "review_requests"], capture_output=True, text=True, timeout=60)
+                           "-s", "stg_reviews", "review_requests", "--resource-type", "model", "--output", "name"],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["stg_reviews", "review_requests"]
+    assert done.stdout.split() == ["review_requests", "stg_reviews"]  # dbt's order: by unique id
 
 
 @pytest.mark.parametrize("args, option, allowed", [
     (["run", "--log-format", "xml"], "--log-format", "'text', 'json'"),
     (["ls", "--output", "bogus"], "--output", "'name', 'path', 'json'"),
-    (["ls", "--resource-type", "bogus"], "--resource-type", "'model', 'seed', 'source'"),
+    (["ls", "--resource-type", "bogus"], "--resource-type", "'model', 'seed', 'snapshot', 'source'"),
     (["jobs", "list", "--output", "csv"], "--output", "'table', 'json'"),
 ])
 def test_a_value_outside_its_choices_is_refused_naming_the_choices(cli: CLI, args: list[str], option: str,
@@ -56,20 +57,20 @@ def _add_dbt_key(project: Path) -> int:
     """Add a dbt key batchflow does not act on; returns its line."""
     path = project / "batchflow_project.yml"
     lines = path.read_text().splitlines()
-    lines.insert(2, "test-paths: [tests]")
+    lines.insert(2, "asset-paths: [tests]")
     path.write_text("\n".join(lines) + "\n")
     return 3
 
 
 def test_configuration_warnings_are_printed_by_every_command(example_project: Path) -> None:
     line = _add_dbt_key(example_project)
-    where = f"batchflow_project.yml:{line}: `test-paths`"
+    where = f"batchflow_project.yml:{line}: `asset-paths`"
     for args in (["ls"], ["compile"], ["jobs", "list"], ["debug"]):
         done = subprocess.run([sys.executable, "-m", "batchflow.cli", *args, "--project-dir", str(example_project)],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (args, done.stderr)
-        assert where in done.stderr and done.stderr.count("`test-paths`") == 1, (args, done.stderr)
-        assert "test-paths" not in done.stdout  # stdout stays the command's own output (ls | xargs ...)
+        assert where in done.stderr and done.stderr.count("`asset-paths`") == 1, (args, done.stderr)
+        assert "asset-paths" not in done.stdout  # stdout stays the command's own output (ls | xargs ...)
 
 
 def test_configuration_warnings_are_json_events_with_log_format_json(cli: CLI) -> None:
@@ -78,7 +79,7 @@ def test_configuration_warnings_are_json_events_with_log_format_json(cli: CLI) -
     assert result.exit_code == 0
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     warning = next(e for e in events if e["event"] == "warning")
-    assert warning["line"] == 3 and warning["path"].endswith("batchflow_project.yml") and "test-paths" in warning["message"]
+    assert warning["line"] == 3 and warning["path"].endswith("batchflow_project.yml") and "asset-paths" in warning["message"]
 
 
 class _ModelsServer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 from datetime import timezone
 
 import pyarrow as pa
@@ -184,16 +183,34 @@ class GatedProvider(BaseProvider):
         return self.inner.generate(model, requests)
 
 
+def watch_answers(backend):
+    """Wait on the backend's own live-count updates (a condition notified by `_count`, no polling):
+    returns ``until(name, n)``, which returns once the job has answered at least `n` rows."""
+    cond = threading.Condition()
+    real = backend._count
+
+    def counted(job, failed, total):
+        real(job, failed, total)
+        with cond:
+            cond.notify_all()
+
+    backend._count = counted
+
+    def until(name: str, n: int) -> None:
+        with cond:  # the timeout only guards a hang
+            assert cond.wait_for(lambda: (lambda s: s.successful + s.failed)(backend.get(name)) >= n, 60)
+
+    return until
+
+
 def test_live_counts_and_cancel_keep_answered_rows(wh):
     make_input(wh, "inp", 100)
     provider = GatedProvider()
     backend = LocalBackend(wh, provider, concurrency=1, chunk_size=10)
+    answered = watch_answers(backend)
     name = backend.submit(spec(wh)).name
     provider.gate.release(2)  # two chunks answered
-    deadline = time.monotonic() + 60
-    while backend.get(name).successful < 20:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    answered(name, 20)
     running = backend.get(name)
     assert running.state is JobState.RUNNING and running.successful == 20 and running.incomplete == 80
     backend.cancel(name)
@@ -488,12 +505,19 @@ def test_each_answered_chunk_is_committed_before_the_job_ends(wh):
     make_input(wh, "inp", 40)
     provider = GatedProvider()
     backend = LocalBackend(wh, provider, concurrency=1, chunk_size=10)
+    committed = threading.Event()
+    real_append = wh.append_arrow
+
+    def append(*args, **kwargs):
+        n = real_append(*args, **kwargs)
+        committed.set()
+        return n
+
+    wh.append_arrow = append
     name = backend.submit(spec(wh)).name
     provider.gate.release(1)
-    deadline = time.monotonic() + 60
-    while len(rows(wh, "out")) < 10:  # committed, read through another cursor
-        assert time.monotonic() < deadline, "the first chunk was never committed"
-        time.sleep(0.02)
+    assert committed.wait(60), "the first chunk was never committed"
+    assert len(rows(wh, "out")) == 10  # committed, read through another cursor
     assert backend.get(name).state is JobState.RUNNING and provider.calls <= 2
     assert [r["id"] for r in rows(wh, "out")] == list(range(1, 11))
     provider.gate.release(100)
@@ -568,19 +592,13 @@ def test_cancel_keeps_every_answered_row_and_counts_match_the_table(wh):
     provider = FailingGatedProvider()
     provider.cpu_bound = True  # one answering thread: the chunks in flight queue up behind the gate, in order
     backend = LocalBackend(wh, provider, concurrency=3, chunk_size=10)
+    answered = watch_answers(backend)
     name = backend.submit(spec(wh)).name
-
-    def answered_at_least(n):
-        deadline = time.monotonic() + 60
-        while (lambda s: s.successful + s.failed)(backend.get(name)) < n:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-
     provider.gate.release(4)
-    answered_at_least(40)
+    answered(name, 40)
     backend.cancel(name)  # chunk 5 waits at the gate, 6 and 7 queue behind it
     provider.gate.release(1)
-    answered_at_least(50)  # the job stops reading; what is in flight is still answered and kept
+    answered(name, 50)  # the job stops reading; what is in flight is still answered and kept
     provider.gate.release(1000)
     status = wait(backend, name)
     assert status.state is JobState.CANCELLED
@@ -608,6 +626,62 @@ def test_duckdb_create_table_from_schema_and_append_arrow(wh):
     assert got == [{"id": 1, "a": "1"}, {"id": 2, "a": None}] * 2 + [{"id": 1, "a": "1"}]
     with pytest.raises(ExecutionError, match="already exists"):
         wh.create_table_from_schema(wh.relation("parts"), schema)
+
+
+class SteppedProvider(BaseProvider):
+    """CPU-bound like the mock; each chunk waits for the test's go-ahead and says when it is answered."""
+
+    name = "stepped"
+    cpu_bound = True
+
+    def __init__(self):
+        self.inner = MockProvider({})
+        self.go = threading.Semaphore(0)
+        self.answered = threading.Semaphore(0)
+
+    def generate(self, model, requests):
+        self.go.acquire()
+        try:
+            return self.inner.generate(model, requests)
+        finally:
+            self.answered.release()
+
+
+@pytest.mark.parametrize("cpu_bound", [True, False])
+def test_commits_follow_what_redoing_the_answers_costs(wh, cpu_bound):
+    """A CPU-bound provider's answers (free to redo) are committed a row group at a time, however
+    slowly they come; a paid provider's as soon as COMMIT_SECONDS allows. Commits stream in the
+    chunks as they arrive (a reader, not a list held in memory)."""
+    make_input(wh, "inp", 100)
+    provider = SteppedProvider()
+    provider.cpu_bound = cpu_bound
+    backend = LocalBackend(wh, provider, concurrency=1, chunk_size=10)
+    backend.COMMIT_ROWS, backend.COMMIT_SECONDS, backend.COMMIT_SECONDS_CPU_BOUND = 30, 0.0, 3600.0
+    commits: list[tuple[str, int]] = []
+    committed = threading.Semaphore(0)
+    real = wh.append_arrow
+
+    def recording(relation, batches, json_columns=()):
+        commits.append((type(batches).__name__, real(relation, batches, json_columns)))
+        committed.release()
+        return commits[-1][1]
+
+    wh.append_arrow = recording
+    name = backend.submit(spec(wh)).name
+    for _ in range(10):  # one chunk at a time: the next is answered only once this one was ...
+        provider.go.release()
+        assert provider.answered.acquire(timeout=60)
+        if not cpu_bound:  # ... and, for paid answers, committed (a CPU-bound chunk waits for its group)
+            assert committed.acquire(timeout=30), f"a paid chunk was not committed on its own: {commits}"
+    status = wait(backend, name)
+    assert status.state is JobState.SUCCEEDED and len(rows(wh, "out")) == 100
+    sizes = [n for _, n in commits]
+    assert sum(sizes) == 100 and {kind for kind, _ in commits} == {"RecordBatchReader"}
+    if cpu_bound:  # after the first (at once), whole groups of COMMIT_ROWS
+        assert sizes[1:-1] == [30] * (len(sizes) - 2) and len(sizes) <= 5, sizes
+    else:
+        assert sizes == [10] * 10
+    assert backend.commit_seconds() == (3600.0 if cpu_bound else 0.0)
 
 
 def test_capabilities_are_declared():

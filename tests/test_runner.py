@@ -143,14 +143,15 @@ models:
     result = cli("build")
     assert result.exit_code == 1
     tests = {r["name"]: (r["status"], r["rows"]) for r in cli.run_results()["results"] if r["resource_type"] == "test"}
-    assert tests == {
-        "unique_dupes_n": ("error", 1),  # n=1 twice
-        "relationships_dupes_n": ("error", 2),  # n=2 and n=3 have no parent row
-        "not_null_dupes_label": ("error", 1),
-        "accepted_values_dupes_label": ("success", 0),
+    assert tests == {  # dbt's names and statuses
+        "unique_dupes_n": ("fail", 1),  # n=1 twice
+        "relationships_dupes_n__n__ref_parent_": ("fail", 2),  # n=2 and n=3 have no parent row
+        "not_null_dupes_label": ("fail", 1),
+        "accepted_values_dupes_label__one__two__three": ("pass", 0),
     }
+    # as in dbt, selecting `parent` selects the tests that depend on it: the relationships test reads it too
     result = cli("test", "-s", "parent")
-    assert result.exit_code == 0 and "0 passed, 0 failed" in result.output
+    assert result.exit_code == 1 and "0 passed, 1 failed" in result.output
 
 
 def test_duckdb_file_named_like_the_schema_is_a_config_error(tmp_path: Path) -> None:

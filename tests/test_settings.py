@@ -105,11 +105,11 @@ def test_each_default_is_accepted(section_id: str, key: str, kind: dict[str, Any
 
 def test_dbt_keys_warn_once_naming_the_key_and_inert_ones_are_silent() -> None:
     checker = SettingsChecker()
-    data = parse_yaml("test-paths: [t]\nversion: '1'\nflags: {}\n", Path("dbt_project.yml"))
+    data = parse_yaml("asset-paths: [t]\nversion: '1'\nflags: {}\n", Path("dbt_project.yml"))
     checker.section("project", data, "dbt_project.yml", 1, required=False)
     checker.section("project", data, "dbt_project.yml", 1, required=False)
-    assert [(w.key, w.line) for w in checker.warnings] == [("test-paths", 1), ("flags", 3)]
-    assert str(checker.warnings[0]).startswith("dbt_project.yml:1: `test-paths` is a dbt setting batchflow does not act on")
+    assert [(w.key, w.line) for w in checker.warnings] == [("asset-paths", 1), ("flags", 3)]
+    assert str(checker.warnings[0]).startswith("dbt_project.yml:1: `asset-paths` is a dbt setting batchflow does not act on")
 
 
 def test_no_key_is_both_declared_and_a_dbt_key() -> None:
@@ -138,7 +138,7 @@ def test_readme_check_fails_when_stale(tmp_path: Path) -> None:
 
 def test_batch_settings_attributes_are_the_lifecycles() -> None:
     names = ["model", "key", "max_rows_per_job", "max_concurrent_jobs", "max_attempts", "invalid_rows", "retry_on",
-             "fallback_model", "max_requests", "max_estimated_cost", "output_tokens", "poll_interval"]
+             "fallback_model", "max_requests", "max_estimated_cost", "output_tokens", "poll_interval", "online_answers"]
     assert list(settings.BatchSettings.model_fields) == names
     from batchflow import lifecycle
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import google.oauth2.credentials
 import pydantic
@@ -13,7 +12,7 @@ from batchflow.batch.base import JobSpec, JobState
 from batchflow.batch.vertex import JobNotFoundError, VertexBackend, output_relation, status_from_rest
 from batchflow.errors import ConfigError, ExecutionError
 from batchflow.relation import Relation
-from tests.emulators.vertex import LOCATION, PROJECT, VertexEmulator, vertex_emulator  # noqa: F401
+from tests.emulators.vertex import LOCATION, PROJECT, ManualClock, VertexEmulator, vertex_emulator  # noqa: F401
 
 pytestmark = pytest.mark.emulator
 
@@ -59,17 +58,18 @@ def rows(emu: VertexEmulator, table: str) -> list[dict]:
     return sorted(emu.tables.read(uri(table)).to_pylist(), key=lambda r: r["id"])
 
 
-def wait(b: VertexBackend, name: str, timeout: float = 60):
+def wait(b: VertexBackend, name: str, clock: ManualClock, step: float = 0.1, limit: int = 10_000):
+    """Poll the job, moving the emulator's manual clock `step` seconds between polls (no sleeping),
+    until it is terminal or paused; returns its status and the states seen on the way."""
     seen = []
-    deadline = time.monotonic() + timeout
-    while True:
+    for _ in range(limit):
         status = b.get(name)
         if not seen or seen[-1] is not status.state:
             seen.append(status.state)
         if status.state.terminal or status.state is JobState.PAUSED:
             return status, seen
-        assert time.monotonic() < deadline, f"job still {status.state}"
-        time.sleep(b.poll_interval)
+        clock.advance(step)
+    raise AssertionError(f"job still {status.state} after {limit * step:.0f} emulated seconds")
 
 
 # -- create -----------------------------------------------------------------------------------------
@@ -159,12 +159,13 @@ def test_job_goes_pending_running_succeeded_and_writes_vertex_output(vertex_emul
     assert {o["id"]: json.loads(o["response"]) for o in out} == {k: a.response for k, a in answered.items()}
 
 
-def test_wait_on_the_real_clock_with_row_failures(vertex_emulator):
+def test_wait_sees_each_state_with_row_failures(vertex_emulator):
     emu = vertex_emulator
+    clock = emu.use_manual_clock()
     emu.row_rules = [{"when_prompt_contains": "number 2", "outcome": "bad_request"}]
     inp = make_input(emu, n=4)
     b = backend(emu)
-    status, seen = wait(b, b.submit(spec(inp)).name)
+    status, seen = wait(b, b.submit(spec(inp)).name, clock)
     order = [JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED]
     assert seen == [s for s in order if s in seen] and seen[-1] is JobState.SUCCEEDED  # never backwards
     assert (status.successful, status.failed, status.incomplete) == (3, 1, 0)  # a job with failed rows SUCCEEDS
@@ -179,10 +180,11 @@ def test_wait_on_the_real_clock_with_row_failures(vertex_emulator):
 )
 def test_terminal_outcomes(vertex_emulator, outcome, output_rows):
     emu = vertex_emulator
+    clock = emu.use_manual_clock()
     inp = make_input(emu, n=4)
     emu.next_job_outcome = outcome
     b = backend(emu)
-    status, _ = wait(b, b.submit(spec(inp)).name)
+    status, _ = wait(b, b.submit(spec(inp)).name, clock)
     assert status.state is JobState(outcome) and status.state.terminal
     if output_rows is None:
         assert not emu.tables.exists(uri("out"))
@@ -209,6 +211,7 @@ def test_paused_is_reported_and_not_terminal(vertex_emulator):
 
 def test_a_failed_job_with_rpc_error_details_falls_back_to_raw_rest(vertex_emulator):
     emu = vertex_emulator
+    clock = emu.use_manual_clock()
     emu.next_job_outcome = "FAILED"
     emu.next_job_error = {
         "code": 3,
@@ -218,7 +221,7 @@ def test_a_failed_job_with_rpc_error_details_falls_back_to_raw_rest(vertex_emula
     }
     b = backend(emu)
     name = b.submit(spec(make_input(emu))).name
-    status, _ = wait(b, name)
+    status, _ = wait(b, name, clock)
     assert status.state is JobState.FAILED
     assert status.error.startswith("Failed to import data. Not found: Dataset")
     assert status.labels == {KEY: "run1-model-0"}
@@ -248,6 +251,7 @@ def test_503_on_create_looks_for_the_job_then_retries(vertex_emulator):
 @pytest.mark.parametrize("fault", ["500", "drop"])
 def test_ambiguous_create_adopts_the_job_it_created(vertex_emulator, fault):
     emu = vertex_emulator
+    clock = emu.use_manual_clock()
     if fault == "drop":
         emu.faults.create_timeout_after_commit = True
     else:
@@ -260,7 +264,7 @@ def test_ambiguous_create_adopts_the_job_it_created(vertex_emulator, fault):
     assert status.name == job.name and status.labels[KEY] == "run7-reviews-3"
     listing = next(c for c in emu.calls if c.op == "list")
     assert listing.query["filter"] == ['labels.batchflow_job_key="run7-reviews-3"']
-    assert wait(b, status.name)[0].state is JobState.SUCCEEDED
+    assert wait(b, status.name, clock)[0].state is JobState.SUCCEEDED
 
 
 def test_ambiguous_create_without_labels_is_not_retried(vertex_emulator):
@@ -376,9 +380,10 @@ def test_get_and_cancel_route_by_the_job_names_own_project_and_location(vertex_e
 
 def test_bare_output_table_name_resolves_against_the_requested_dataset(vertex_emulator):
     emu = vertex_emulator
+    clock = emu.use_manual_clock()
     emu.output_table_format = "name"
     b = backend(emu)
-    status, _ = wait(b, b.submit(spec(make_input(emu))).name)
+    status, _ = wait(b, b.submit(spec(make_input(emu))).name, clock)
     assert status.output == Relation(PROJECT, "ds", "out")
     raw = emu._to_json(emu.job(status.name))
     assert raw["outputInfo"]["bigqueryOutputTable"] == "out"
@@ -416,8 +421,9 @@ def test_ambiguous_create_whose_lookup_fails_is_not_retried(vertex_emulator):
 
 def test_injected_client_and_v1_api(vertex_emulator):
     emu = vertex_emulator
+    clock = emu.use_manual_clock()
     b = VertexBackend(PROJECT, LOCATION, client=emu.client(api_version="v1"), poll_interval=0.02, retry_delay=0.01)
-    status, _ = wait(b, b.submit(spec(make_input(emu))).name)
+    status, _ = wait(b, b.submit(spec(make_input(emu))).name, clock)
     assert status.state is JobState.SUCCEEDED
     assert all(c.path.startswith(f"/v1/projects/{PROJECT}/locations/{LOCATION}/") for c in emu.calls)
 

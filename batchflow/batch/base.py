@@ -28,6 +28,10 @@ class JobSpec:
     #: the model `input.request_hash` was computed with (``request_hash(request, hash_model)``), when
     #: known: a local provider whose answers derive from that digest reuses it for this model's rows
     hash_model: str | None = None
+    #: an embedding job's parameters (`outputDimensionality`, `autoTruncate`), sent once per job as
+    #: Vertex's `modelParameters`; None for a Gemini job. Its `input` then holds `request_hash` and the
+    #: instance fields (`content`, optionally `task_type`, `title`) instead of `request`.
+    model_parameters: dict | None = None
 
 
 @dataclass

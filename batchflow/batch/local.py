@@ -6,7 +6,9 @@ compatible endpoint, ...) and writes a fresh output table with exactly Vertex's 
 "" on success, ``<HTTP reason>: <google.rpc error JSON>`` otherwise) and `processed_time` (TIMESTAMP,
 UTC). A chunk travels as its `request` column's text; the provider answers it as columns of text
 (`Provider.generate_json`; `BaseProvider`'s calls `generate` on the parsed rows), never as per-row
-objects the executor re-encodes.
+objects the executor re-encodes. An embedding job (`JobSpec.model_parameters` set, contract §3) reads
+`content` (and `task_type`, `title`) columns instead, answered by `Provider.embed_json`, and writes
+`predictions` and `status` after its input columns.
 
 Chunks are answered on a thread pool, which suits I/O-bound providers (an HTTP endpoint). Threads add
 no CPU to a CPU-bound provider (the mock: all Python, under the GIL): a provider declaring ``cpu_bound``
@@ -61,6 +63,12 @@ OUTPUT_FIELDS = (
     pa.field("processed_time", pa.timestamp("us", tz="UTC")),
 )
 
+#: An embedding job's output columns after its input columns (contract §3): no `processed_time`.
+EMBEDDING_OUTPUT_FIELDS = (
+    pa.field("predictions", pa.string()),
+    pa.field("status", pa.string()),
+)
+
 _loads = loads_request  # how a `request` text is parsed (see `loads_request`)
 _id_lock = threading.Lock()
 _last_id = 0
@@ -93,14 +101,17 @@ class _Job:
 class _Commits:
     """A job's committer: a thread appending the answered chunks to the output table in input order,
     by `LocalBackend`'s commit policy, while the job's thread keeps the answerers busy (a commit that
-    blocked the job's thread would leave them idle: 1M mock rows took 2.5x as long)."""
+    blocked the job's thread would leave them idle: 1M mock rows took 2.5x as long). Each commit
+    streams the chunks into the warehouse as they arrive (a `RecordBatchReader` over `_one_commit`),
+    so answered rows are not held in memory until their commit: the warehouse holds what it is
+    writing (DuckDB: the row group being filled), as a single CREATE TABLE AS did."""
 
     def __init__(self, backend: LocalBackend, job: _Job):
         self.backend = backend
         self.job = job
         self.cond = threading.Condition()
-        self.waiting: list[pa.RecordBatch] = []
-        self.counts = [0, 0]  # ok, failed rows waiting
+        self.waiting: deque[tuple[pa.RecordBatch, int]] = deque()  # (output batch, its failed rows)
+        self.queued = 0  # rows waiting
         self.closed = False
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=f"bf-local-commit-{job.status.name[-8:]}", daemon=True)
@@ -110,13 +121,12 @@ class _Commits:
         """Hand over the next chunk's output batch; blocks while COMMIT_ROWS rows already wait
         (memory stays bounded when the warehouse is slower than the provider)."""
         with self.cond:
-            while sum(self.counts) >= self.backend.COMMIT_ROWS and self.error is None:
+            while self.queued >= self.backend.COMMIT_ROWS and self.error is None:
                 self.cond.wait()
             if self.error is not None:
                 raise self.error
-            self.waiting.append(batch)
-            self.counts[0] += batch.num_rows - failed
-            self.counts[1] += failed
+            self.waiting.append((batch, failed))
+            self.queued += batch.num_rows
             self.cond.notify_all()
 
     def close(self) -> None:
@@ -129,32 +139,46 @@ class _Commits:
             raise self.error
 
     def _loop(self) -> None:
-        policy = self.backend
-        last = time.monotonic() - policy.COMMIT_SECONDS  # the first answers are committed at once
+        seconds = self.backend.commit_seconds()
+        deadline = time.monotonic()  # the first answers are committed at once
         while True:
             with self.cond:
-                while True:
-                    rows = sum(self.counts)
-                    due = last + policy.COMMIT_SECONDS - time.monotonic()
-                    if self.waiting and (self.closed or rows >= policy.COMMIT_ROWS or due <= 0):
-                        break
-                    if self.closed:
-                        return
-                    self.cond.wait(due if self.waiting else None)
-                batches, (ok, failed) = self.waiting, self.counts
-                self.waiting, self.counts = [], [0, 0]
-                self.cond.notify_all()  # room for the job's thread
+                while not self.waiting and not self.closed:
+                    self.cond.wait()
+                if not self.waiting:
+                    return
+                schema = self.waiting[0][0].schema
+            taken = [0, 0]  # ok, failed rows in this commit
+            reader = pa.RecordBatchReader.from_batches(schema, self._one_commit(deadline, taken))
             try:
-                self.backend.warehouse.append_arrow(self.job.spec.output, batches, self.job.json_columns)
+                self.backend.warehouse.append_arrow(self.job.spec.output, reader, self.job.json_columns)
             except BaseException as exc:  # not retried: the job fails, its earlier commits stay
                 with self.cond:
                     self.error = exc
                     self.cond.notify_all()
                 return
             with self.backend._lock:
-                self.job.committed[0] += ok
-                self.job.committed[1] += failed
-            last = time.monotonic()
+                self.job.committed[0] += taken[0]
+                self.job.committed[1] += taken[1]
+            deadline = time.monotonic() + seconds
+
+    def _one_commit(self, deadline: float, taken: list[int]) -> Iterator[pa.RecordBatch]:
+        """The chunks of one commit, as they arrive: until COMMIT_ROWS rows are in it, or nothing
+        waits once `deadline` has passed or the job is done. Counts what it hands over in `taken`."""
+        limit = self.backend.COMMIT_ROWS
+        while taken[0] + taken[1] < limit:
+            with self.cond:
+                while not self.waiting:
+                    remaining = deadline - time.monotonic()
+                    if self.closed or remaining <= 0:
+                        return
+                    self.cond.wait(remaining)
+                batch, failed = self.waiting.popleft()
+                self.queued -= batch.num_rows
+                self.cond.notify_all()  # room for the job's thread
+            taken[0] += batch.num_rows - failed
+            taken[1] += failed
+            yield batch
 
 
 class LocalBackend:
@@ -170,13 +194,18 @@ class LocalBackend:
     #: transaction each time) by a committer thread, at most once per COMMIT_SECONDS unless
     #: COMMIT_ROWS rows wait, each commit taking every chunk that waits. A slow provider (a chunk
     #: per second or slower) so gets each chunk committed as soon as it is answered; a fast one gets
-    #: grouped commits. Measured on 1M mock rows (2 CPUs): a commit per 5,000-row chunk ran at 0.4x
-    #: the old single write, 50,000-row commits at 0.8x, and one per DuckDB row group (122,880 rows,
-    #: which DuckDB writes straight to the file instead of through its log) or per second at 1.0x.
-    #: A kill -9 loses the chunks in flight and what waits: at most ~COMMIT_SECONDS of answers or
-    #: COMMIT_ROWS rows (which also bounds the memory waiting answers take).
+    #: grouped commits. DuckDB writes an append of a whole row group (122,880 rows) straight to the
+    #: file, a smaller one through its log and a checkpoint: measured (2 CPUs, 400k answer rows in
+    #: one thread) 25,000-row appends cost 3x the CPU of one CREATE TABLE AS, row-group appends 1.1x;
+    #: two concurrent mock jobs ran at 0.65x the old single write with a commit per second.
+    #: A `cpu_bound` provider's answers cost only CPU to redo (no money, no quota), so its jobs
+    #: commit by row group (COMMIT_SECONDS_CPU_BOUND bounds the wait); answers that cost a call
+    #: (an HTTP provider) are committed every COMMIT_SECONDS, whatever that costs the warehouse.
+    #: A kill -9 loses the chunks in flight and what waits: at most ~COMMIT_SECONDS of paid answers,
+    #: or COMMIT_ROWS rows (which also bounds the memory waiting answers take).
     COMMIT_ROWS = 122_880
     COMMIT_SECONDS = 1.0
+    COMMIT_SECONDS_CPU_BOUND = 30.0
 
     #: jobs smaller than this stay on threads even with worker processes allowed (start-up cost)
     PROCESS_MIN_ROWS = 50_000
@@ -219,6 +248,10 @@ class LocalBackend:
         self._pool_ready: Future | None = None
         self._finalizer: weakref.finalize | None = None
 
+    def commit_seconds(self) -> float:
+        """The longest answered rows wait before a commit, by what redoing them would cost."""
+        return self.COMMIT_SECONDS_CPU_BOUND if self.provider.cpu_bound else self.COMMIT_SECONDS
+
     # -- protocol ------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobStatus:
         if self.warehouse.kind(spec.output) is not None:
@@ -253,7 +286,7 @@ class LocalBackend:
             job.status.error = f"{type(exc).__name__}: {exc}"
         else:
             # Before returning: the table exists as soon as the job does, and holds each commit.
-            out_schema = pa.schema(list(job.in_schema) + list(OUTPUT_FIELDS))
+            out_schema = pa.schema(list(job.in_schema) + list(_output_fields(spec)))
             self.warehouse.create_table_from_schema(spec.output, out_schema, job.json_columns)
         with self._lock:
             self._jobs[name] = job
@@ -269,6 +302,10 @@ class LocalBackend:
         other JSON input column)."""
         source = spec.input.render()
         in_schema = pa.schema(list(self.warehouse.query_arrow(f"select * from {source} limit 0").schema))
+        if spec.model_parameters is not None:  # an embedding job: `content` in, `predictions` out (JSON text)
+            if "content" not in in_schema.names:
+                raise ExecutionError(f"embedding job input {spec.input} has no `content` column")
+            return in_schema, [c.name for c in self.warehouse.columns(spec.input) if c.type == "JSON"]
         if "request" not in in_schema.names:
             raise ExecutionError(f"batch input relation {spec.input} has no `request` column")
         json_columns = ["request", "response"] + [
@@ -371,11 +408,12 @@ class LocalBackend:
         Stops reading the input on cancel; the chunks in flight are still answered and handed over."""
         model = job.spec.model
         in_schema = job.in_schema
-        out_schema = pa.schema(list(in_schema) + list(OUTPUT_FIELDS))
+        out_schema = pa.schema(list(in_schema) + list(_output_fields(job.spec)))
+        embedding = job.spec.model_parameters is not None
         # The input's request_hash is the digest the mock derives answers from: reuse it if it is this model's.
         reuse_hashes = job.spec.hash_model == model
         # Worker processes take a second or so to start: until one is up, chunks go to threads.
-        ready = self._warm_processes() if self._use_processes(job) else None
+        ready = self._warm_processes() if self._use_processes(job) and not embedding else None
         # A CPU-bound provider gains nothing from a second thread (the GIL), only switching costs:
         # one thread answers, the `concurrency` chunks in flight queue up for it.
         workers = 1 if self.provider.cpu_bound else self.concurrency
@@ -393,13 +431,16 @@ class LocalBackend:
             for batch in batches:
                 if job.cancel.is_set():
                     break
-                requests = batch.column(batch.schema.get_field_index("request"))
-                index = batch.schema.get_field_index("request_hash") if reuse_hashes else -1
-                hashes = batch.column(index) if index >= 0 else None
-                if ready is not None and ready.done() and ready.exception() is None:
-                    future, pool = self._submit_to_processes(model, requests, hashes)
+                if embedding:  # the rows' predict instances, answered on a thread
+                    future, pool = threads.submit(_embed_rows, self.provider, model, batch, job.spec.model_parameters), None
                 else:
-                    future, pool = threads.submit(_answer_column, self.provider, model, requests, hashes), None
+                    requests = batch.column(batch.schema.get_field_index("request"))
+                    index = batch.schema.get_field_index("request_hash") if reuse_hashes else -1
+                    hashes = batch.column(index) if index >= 0 else None
+                    if ready is not None and ready.done() and ready.exception() is None:
+                        future, pool = self._submit_to_processes(model, requests, hashes)
+                    else:
+                        future, pool = threads.submit(_answer_column, self.provider, model, requests, hashes), None
                 future.add_done_callback(counted)
                 inflight.append((batch, future, pool))
                 while len(inflight) >= self.concurrency or (inflight and inflight[0][1].done()):
@@ -435,9 +476,9 @@ class LocalBackend:
             self._count(job, failed, n)
         columns = [batch.column(batch.schema.get_field_index(f.name)) for f in in_schema]
         columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, in_schema)]
-        output = pa.RecordBatch.from_arrays(
-            columns + [responses, statuses, pa.repeat(pa.scalar(now, _TIMESTAMP), n)], schema=out_schema
-        )
+        answer = [responses, statuses] if job.spec.model_parameters is not None else [
+            responses, statuses, pa.repeat(pa.scalar(now, _TIMESTAMP), n)]
+        output = pa.RecordBatch.from_arrays(columns + answer, schema=out_schema)
         return output, failed
 
     def _count(self, job: _Job, failed: int, total: int) -> None:
@@ -564,6 +605,33 @@ def _answer_column(
         response_array = pa.array([r if not s else None for r, s in zip(responses, statuses)], pa.string())
         status_array = pa.array(statuses, pa.string())
     return response_array, status_array, (failed, n), datetime.now(timezone.utc)
+
+
+def _output_fields(spec: JobSpec) -> tuple[pa.Field, ...]:
+    """The columns a job appends to its input's: Vertex's for a Gemini or an embedding job."""
+    return EMBEDDING_OUTPUT_FIELDS if spec.model_parameters is not None else OUTPUT_FIELDS
+
+
+def _embed_rows(
+    provider: Provider, model: str, batch: pa.RecordBatch, parameters: dict
+) -> tuple[pa.Array, pa.Array, tuple[int, int], datetime]:
+    """One chunk of an embedding job → its `predictions` and `status` columns, (failed, rows), the time.
+    Never raises: a provider exception fails the chunk's rows with a 500 status."""
+    names = [f for f in ("content", "task_type", "title") if f in batch.schema.names]
+    instances = batch.select(names).to_pylist()
+    n = len(instances)
+    try:
+        predictions, statuses = provider.embed_json(model, instances, dict(parameters))
+        if len(predictions) != n or len(statuses) != n:
+            raise RuntimeError(f"returned {len(predictions)} predictions and {len(statuses)} statuses for {n} rows")
+        missing = error_status(500, "provider returned neither predictions nor an error")
+        statuses = [missing if p is None and not st else st for p, st in zip(predictions, statuses)]
+        predictions = [p if not st else None for p, st in zip(predictions, statuses)]
+    except Exception as exc:  # a provider bug: the rows fail, as internal errors do on Vertex
+        predictions = [None] * n
+        statuses = [error_status(500, f"provider {provider.name} failed: {type(exc).__name__}: {exc}")] * n
+    failed = n - statuses.count("")
+    return pa.array(predictions, pa.string()), pa.array(statuses, pa.string()), (failed, n), datetime.now(timezone.utc)
 
 
 _worker_provider: Provider | None = None
