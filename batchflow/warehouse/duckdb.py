@@ -67,14 +67,15 @@ def bigquery_type(duckdb_type: str) -> str:
 
 def _request_hash_udf(requests: pa.Array, models: pa.Array) -> pa.Array:
     """Vectorised `bf_request_hash(request_text, model)` for DuckDB: NULL for invalid requests."""
-    from batchflow.requests import valid_request_hash  # the rules live in one place, shared by every target
+    from batchflow.requests import request_hasher  # the rules live in one place, shared by every target
 
     model_values = models.unique().to_pylist()
     if len(model_values) == 1:  # the usual call: one literal model name for the whole vector
-        model = model_values[0]
-        return pa.array([valid_request_hash(r, model) for r in requests.to_pylist()], type=pa.string())
+        hasher = request_hasher(model_values[0]) if model_values[0] is not None else (lambda r: None)
+        return pa.array([hasher(r) for r in requests.to_pylist()], type=pa.string())
+    hashers = {m: request_hasher(m) for m in model_values if m is not None}
     return pa.array(
-        [None if m is None else valid_request_hash(r, m) for r, m in zip(requests.to_pylist(), models.to_pylist())],
+        [None if m is None else hashers[m](r) for r, m in zip(requests.to_pylist(), models.to_pylist())],
         type=pa.string(),
     )
 
