@@ -114,7 +114,8 @@ class Submit:
 
 @dataclass(frozen=True)
 class Wait:
-    """Poll the jobs (with backoff) until they end, topping up to `max_concurrent_jobs`."""
+    """Poll the jobs (with backoff) until they end, topping up to `max_concurrent_jobs` (the next
+    shard's input is cut ahead while jobs run)."""
 
     poll_interval: float | None
 

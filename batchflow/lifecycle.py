@@ -31,15 +31,22 @@ from batchflow.warehouse.base import Warehouse
 MAX_REPORTED_INVALID = 20
 MAX_POLL_DELAY = 60.0  # seconds between polls of unchanged jobs, at most
 POLL_LAG = 0.1  # ... and at most this share of the time they have been unchanged
+PROGRESS_POLL_DELAY = 0.5  # seconds between polls, at most, while rows are being answered (live counts)
 
 
-def next_poll_delay(delay: float, interval: float, unchanged_for: float) -> float:
+def next_poll_delay(delay: float, interval: float, unchanged_for: float, moving: bool = False) -> float:
     """Seconds to sleep before the next poll, after sleeping `delay`. Unchanged jobs are polled less and
     less often (x1.5 a poll, from `interval`), but never later than `POLL_LAG` of the time they have gone
     unchanged: a job that ends is noticed within ~10% of its run time (plain x1.5 backoff can add 50%),
     and never later than `MAX_POLL_DELAY` nor sooner than `interval`. Right after a change
-    (`unchanged_for` 0) that is `interval` again."""
-    return max(interval, min(delay * 1.5, MAX_POLL_DELAY, POLL_LAG * unchanged_for))
+    (`unchanged_for` 0) that is `interval` again. While rows are being answered (`moving`: the counts
+    moved since the last poll) the live counts refresh at least every `PROGRESS_POLL_DELAY`, but rows
+    alone do not reset the backoff: polling an in-process job at its 50 ms interval all along cost
+    the answering threads CPU for nothing a progress bar shows."""
+    backoff = min(delay * 1.5, MAX_POLL_DELAY, POLL_LAG * unchanged_for)
+    if moving:
+        backoff = min(backoff, PROGRESS_POLL_DELAY)
+    return max(interval, backoff)
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,10 @@ class BatchLifecycle:
         self._round = 0
         self._shards: list[tuple[str, int, int]] = []  # (model, first row, row after the last) to submit
         self._jobs: list[_Job] = []  # running jobs of the current round
+        # The next shard's job, cut while the running jobs work so a freed slot is filled at once (a cut
+        # copies the shard's requests: at 1M rows, cutting on the spot kept a slot idle ~4 s per job). It
+        # has no ledger row until it is submitted: a run that dies leaves its input to collect's clean-up.
+        self._ahead: _Job | None = None
         self._plan: list[tuple[str, int]] = []  # (send model, requests) of the current round
         self._job_seq = 0  # numbers this run's jobs: each has its own key, labels and tables
 
@@ -240,6 +251,7 @@ class BatchLifecycle:
             self._abandon()
             raise
         finally:
+            self._drop_ahead()
             self.wh.drop(self.todo_rel)
         self.report.pending = bool(self._in_flight)
         self.report.rows_pending = sum(j.entry.row_count for j in self._in_flight)
@@ -424,7 +436,8 @@ class BatchLifecycle:
         return None
 
     def _shard(self, stage: S.Shard) -> None:
-        """Stage: shard boundaries only; a shard's input table is cut when its job is submitted."""
+        """Stage: shard boundaries only; a shard's input table is cut when its job is submitted, or
+        one shard ahead while jobs run (`_ahead`)."""
         size = stage.max_rows_per_job
         self._shards = [(model, start, min(start + size, rows + 1))
                         for model, rows in self._plan for start in range(1, rows + 1, size)]
@@ -451,10 +464,11 @@ class BatchLifecycle:
         unchanged_since = time.monotonic()
         stopping = False
         last_counts = (0, 0)
-        while self._jobs or (self._shards and not adopted and not stopping):
+        while self._jobs or (self._queued() and not adopted and not stopping):
             if not stopping and self.interrupt.is_set():
                 stopping = True
                 self._shards = []  # nothing new after a signal
+                self._drop_ahead()
                 if not self.backend.jobs_outlive_process:
                     for job in self._jobs:  # in-process jobs stop after the chunks in flight; land them
                         self.backend.cancel(job.entry.job_name)
@@ -497,20 +511,22 @@ class BatchLifecycle:
                 for job in ended:
                     self.progress(BatchProgress("landing", "", finished_rows + job.entry.row_count,
                                                 sum(j.status.failed for j in self._jobs if j.status), total,
-                                                len(self._jobs), len(self._shards)))
+                                                len(self._jobs), self._queued()))
                     checkpoint("before_land")
                     self._close(job, job.status.state.value)
                     finished_rows += job.entry.row_count
             done = finished_rows + sum(j.status.successful + j.status.failed for j in self._jobs if j.status)
             failed = sum(j.status.failed for j in self._jobs if j.status)
             state = ",".join(sorted({j.status.state.value for j in self._jobs if j.status})) or "DONE"
-            self.progress(BatchProgress("waiting", state, done, failed, total, len(self._jobs), len(self._shards)))
-            moved = (done, failed) != last_counts  # rows answered count as change: keep polling at the interval
+            self.progress(BatchProgress("waiting", state, done, failed, total, len(self._jobs), self._queued()))
+            moved = (done, failed) != last_counts  # rows answered since the last poll: refresh the counts soon
             last_counts = (done, failed)
             if self._jobs:
-                if changed or moved:
+                if not adopted and not stopping:
+                    self._cut_ahead()
+                if changed:
                     unchanged_since = time.monotonic()
-                delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since)
+                delay = next_poll_delay(delay, interval, time.monotonic() - unchanged_since, moving=moved)
                 self.interrupt.wait(delay)
         if self._jobs:  # interrupted with jobs that outlive us: the ledger has them open
             self._in_flight.extend(self._jobs)
@@ -571,10 +587,17 @@ class BatchLifecycle:
         self.report.actual_cost = None if cost is None else round(cost, 6)
 
     # -- jobs ----------------------------------------------------------------------------------------
+    def _queued(self) -> int:
+        """Shards still to submit this round (the one cut ahead included)."""
+        return len(self._shards) + (self._ahead is not None)
+
     def _top_up(self, limit: int) -> None:
-        while self._shards and len(self._jobs) < limit and not self.interrupt.is_set():
-            self._job_seq += 1
-            job = self._cut(*self._shards.pop(0), index=self._job_seq)
+        while self._queued() and len(self._jobs) < limit and not self.interrupt.is_set():
+            if self._ahead is not None:
+                job, self._ahead = self._ahead, None
+            else:
+                self._job_seq += 1
+                job = self._cut(*self._shards.pop(0), index=self._job_seq)
             if self.interrupt.is_set():  # a signal while the shard was cut: record and submit nothing
                 self.wh.drop(job.input)
                 return
@@ -583,6 +606,21 @@ class BatchLifecycle:
             except _NotCreated:
                 return
             self._jobs.append(job)
+
+    def _cut_ahead(self) -> None:
+        """Cut the next shard's input while jobs run (see `_ahead`)."""
+        if self._ahead is not None or not self._shards or self.interrupt.is_set():
+            return
+        self._job_seq += 1
+        self._ahead = self._cut(*self._shards.pop(0), index=self._job_seq)
+        if self.interrupt.is_set():
+            self._drop_ahead()
+
+    def _drop_ahead(self) -> None:
+        """Drop the shard cut ahead, unsubmitted: its rows are still unanswered, so a later diff sends them."""
+        if self._ahead is not None:
+            job, self._ahead = self._ahead, None
+            self.wh.drop(job.input)
 
     def _abandon(self) -> None:
         """The run is failing with jobs still running: jobs that end with this process are cancelled

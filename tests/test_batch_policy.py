@@ -130,14 +130,17 @@ def test_shards_are_submitted_tracked_and_landed_independently(cli: CLI) -> None
     assert cli.query("select count(distinct job_name) from reviews.review_requests") == [(6,)]
 
 
-def test_next_shard_is_cut_and_submitted_before_a_finished_one_lands(cli: CLI, monkeypatch) -> None:
-    """With one job at a time, a finished job's landing (a merge) must not hold up the next job, and a
-    shard's input table is cut only when its job is submitted (not all of them up front)."""
+def test_next_shard_is_cut_while_jobs_run_and_submitted_before_a_finished_one_lands(cli: CLI, monkeypatch) -> None:
+    """With one job at a time, a freed slot is filled at once: the next shard's input is cut while the
+    running job works (one shard ahead, not all of them up front), and a finished job's landing (a
+    merge) does not hold up the next submit."""
     from batchflow.batch.local import LocalBackend
     from batchflow.lifecycle import BatchLifecycle
 
     events: list[tuple[str, str, int]] = []
-    real_submit, real_land = LocalBackend.submit, BatchLifecycle._close
+    real_submit, real_land, real_cut, real_get = (LocalBackend.submit, BatchLifecycle._close, BatchLifecycle._cut,
+                                                  LocalBackend.get)
+    seen_ended: set[str] = set()
 
     def submit(self, spec):  # type: ignore[no-untyped-def]
         base = spec.input.identifier[:-4]  # <model>__in_<run>_r<round>_NNNN
@@ -149,16 +152,32 @@ def test_next_shard_is_cut_and_submitted_before_a_finished_one_lands(cli: CLI, m
         events.append(("land", job.input.identifier[-4:], 0))
         return real_land(self, job, state)
 
+    def cut(self, model, start, stop, index):  # type: ignore[no-untyped-def]
+        events.append(("cut", f"{index:04d}", 0))
+        return real_cut(self, model, start, stop, index)
+
+    def get(self, name):  # type: ignore[no-untyped-def]
+        status = real_get(self, name)
+        if status.state.terminal and name not in seen_ended:  # the first time the run sees the job ended
+            seen_ended.add(name)
+            events.append(("ended", self._job(name).spec.input.identifier[-4:], 0))
+        return status
+
     monkeypatch.setattr(LocalBackend, "submit", submit)
+    monkeypatch.setattr(LocalBackend, "get", get)
     monkeypatch.setattr(BatchLifecycle, "_close", land)
+    monkeypatch.setattr(BatchLifecycle, "_cut", cut)
     set_project_batch(cli, max_rows_per_job=10, max_concurrent_jobs=1)
     assert cli("build").exit_code == 0, [r.get("message") for r in cli.run_results()["results"]]
 
     order = [(kind, shard) for kind, shard, _ in events]
-    assert sorted(order) == sorted([(k, f"{i:04d}") for i in range(1, 7) for k in ("submit", "land")])
+    shards = [f"{i:04d}" for i in range(1, 7)]
+    assert sorted(order) == sorted((k, s) for s in shards for k in ("cut", "submit", "ended", "land"))
     for i in range(1, 6):  # shard i+1 went out before shard i was landed
-        assert order.index(("submit", f"{i + 1:04d}")) < order.index(("land", f"{i:04d}"))
-    # At each submit: at most the new shard's input and the one still landing exist.
+        assert order.index(("submit", shards[i])) < order.index(("land", shards[i - 1]))
+    for i in range(2, 6):  # shard i+1 was cut while job i still ran (the first job may end before a poll)
+        assert order.index(("cut", shards[i])) < order.index(("ended", shards[i - 1])), order
+    # At each submit: at most the new shard's input and the one still landing exist (one cut ahead).
     assert max(inputs for kind, _, inputs in events if kind == "submit") <= 2
     outcomes = batch_report(cli)["outcomes"]
     assert sum(outcomes.values()) == 59 and "missing" not in outcomes

@@ -202,6 +202,10 @@ def test_one_signal_mid_run_stops_cleanly_and_a_rerun_completes(example_project:
     assert not late, f"ledger rows created after the signal: {late}"
     assert len(ledger) == in_flight, [(r["job_key"], r["state"]) for r in ledger]
     assert gate.received <= 10 * in_flight  # only the rows of those jobs reached the endpoint
+    # The stopped local jobs were landed and the shard cut ahead for the next job was dropped: the
+    # interrupted run itself leaves no scratch table (not only the rerun's clean-up).
+    left = [t for t in duck_tables(example_project) if SCRATCH.match(t)]
+    assert not left, f"scratch tables left by the interrupted run: {left}"
 
     gate2 = Gate(free=10**9).start()
     use_openai_provider_again(example_project, gate2.url)
