@@ -596,8 +596,7 @@ class BatchLifecycle:
             if self._ahead is not None:
                 job, self._ahead = self._ahead, None
             else:
-                self._job_seq += 1
-                job = self._cut(*self._shards.pop(0), index=self._job_seq)
+                job = self._cut_next()
             if self.interrupt.is_set():  # a signal while the shard was cut: record and submit nothing
                 self.wh.drop(job.input)
                 return
@@ -611,10 +610,14 @@ class BatchLifecycle:
         """Cut the next shard's input while jobs run (see `_ahead`)."""
         if self._ahead is not None or not self._shards or self.interrupt.is_set():
             return
-        self._job_seq += 1
-        self._ahead = self._cut(*self._shards.pop(0), index=self._job_seq)
+        self._ahead = self._cut_next()
         if self.interrupt.is_set():
             self._drop_ahead()
+
+    def _cut_next(self) -> _Job:
+        """Cut the next queued shard, numbered as this run's next job."""
+        self._job_seq += 1
+        return self._cut(*self._shards.pop(0), index=self._job_seq)
 
     def _drop_ahead(self) -> None:
         """Drop the shard cut ahead, unsubmitted: its rows are still unanswered, so a later diff sends them."""

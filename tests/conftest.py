@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from batchflow.cli import app
+from batchflow.warehouse.duckdb import DuckDBWarehouse
+from batchflow.warehouse.duckdb_functions import install
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_FILES = ("batchflow_project.yml", "profiles.yml", "models", "macros", "seeds", "data")
@@ -91,3 +93,20 @@ def write(root: Path, rel: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def conn():
+    """An in-memory DuckDB connection with batchflow's SQL functions and macros installed."""
+    c = duckdb.connect()
+    install(c)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def wh(tmp_path):
+    """A DuckDB warehouse in a file of the test's own (modules that need another kind define their own `wh`)."""
+    w = DuckDBWarehouse(tmp_path / "wh.duckdb")
+    yield w
+    w.close()

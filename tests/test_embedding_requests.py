@@ -11,7 +11,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import duckdb
 import jinja2
 import pytest
 import sqlglot
@@ -27,7 +26,6 @@ from batchflow.requests import (
     valid_request_hash,
 )
 from batchflow.sql import to_duckdb
-from batchflow.warehouse.duckdb_functions import install
 from tests.conftest import CLI, write
 from tests.emulators import embeddings as emulator_embeddings
 
@@ -45,14 +43,6 @@ def render(template: str, duckdb_target: bool = False) -> str:
     if duckdb_target:
         context["target"] = {"type": "duckdb"}
     return jinja2.Environment().from_string(MACROS + "\n" + template).render(**context).strip()
-
-
-@pytest.fixture
-def conn():
-    c = duckdb.connect()
-    install(c)
-    yield c
-    c.close()
 
 
 # -- the request macro -------------------------------------------------------------------------------

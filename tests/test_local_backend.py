@@ -22,13 +22,6 @@ from tests.emulators.bigquery import bigquery_emulator, bq_dataset  # noqa: F401
 MODEL = "gemini-2.5-flash"
 
 
-@pytest.fixture
-def wh(tmp_path):
-    w = DuckDBWarehouse(tmp_path / "wh.duckdb")
-    yield w
-    w.close()
-
-
 def make_input(wh, name: str, n: int, prompt_sql: str = "concat('Review number ', cast(i as string))") -> None:
     """`id`, `note` (passthrough), `request_hash`, `request` (JSON) for rows 1..n, in BigQuery SQL."""
     wh.execute(

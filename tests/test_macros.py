@@ -10,14 +10,12 @@ import json
 import math
 from pathlib import Path
 
-import duckdb
 import jinja2
 import pytest
 import sqlglot
 
 import batchflow
 from batchflow.sql import to_duckdb
-from batchflow.warehouse.duckdb_functions import install
 
 MACRO_DIR = Path(batchflow.__file__).parent / "macros"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,14 +34,6 @@ def bigquery(template: str) -> str:
     sql = render(template)
     sqlglot.parse_one(sql, read="bigquery")
     return sql
-
-
-@pytest.fixture
-def conn():
-    c = duckdb.connect()
-    install(c)
-    yield c
-    c.close()
 
 
 def load_rows(conn, rows: list[tuple[object, str | None]], response_type: str) -> None:

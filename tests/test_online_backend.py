@@ -13,18 +13,10 @@ from batchflow.batch.base import JobSpec, JobState
 from batchflow.batch.online import (GenaiAnswerer, OnlineBackend, OnlineOptions, online_options, request_call,
                                     server_delay)
 from batchflow.errors import ConfigError, ExecutionError
-from batchflow.warehouse.duckdb import DuckDBWarehouse
 from tests.emulators.gemini import RowRule, answer
 from tests.emulators.generate import GenerateEmulator, generate_emulator  # noqa: F401
 
 MODEL = "gemini-2.5-flash"
-
-
-@pytest.fixture
-def wh(tmp_path):
-    w = DuckDBWarehouse(tmp_path / "wh.duckdb")
-    yield w
-    w.close()
 
 
 def make_input(wh, n: int, prompt: str = "concat('Review number ', cast(i as string))", extra: str = "") -> None:

@@ -160,14 +160,6 @@ def test_output_columns(sql, expected):
 # --- add_ctes -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def conn():
-    c = duckdb.connect()
-    install(c)
-    yield c
-    c.close()
-
-
 def test_add_ctes_without_existing_with(conn):
     sql = add_ctes("select n * 2 as m from eph", [("eph", "select 21 as n;")])
     assert sql.upper().startswith("WITH EPH AS (SELECT 21 AS N)")
