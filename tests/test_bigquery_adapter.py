@@ -577,10 +577,11 @@ EMULATOR_MACRO_GAPS: set[str] = set()
 def test_flatten_macros_match_duckdb_on_seed_rows(wh):
     import duckdb
 
+    from batchflow.warehouse.duckdb_functions import install
     from tests import test_macros as tm
 
     conn = duckdb.connect()
-    tm.install(conn)
+    install(conn)
     expected = tm.flatten(conn, [(r["response"], r["status"]) for r in tm.SEED_ROWS], "JSON")
     conn.close()
 

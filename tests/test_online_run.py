@@ -4,7 +4,6 @@ batch runs that follow."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
