@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from batchflow import batch_stages as S
@@ -252,6 +252,8 @@ class BatchLifecycle:
             raise
         finally:
             self._drop_ahead()
+            if self.backend.reads_views:  # a job left open (a failed submit, a cancel) keeps its rows
+                self._settle_open_inputs(self.ledger.entries(node=self.node.name, open_only=True))
             self.wh.drop(self.todo_rel)
         self.report.pending = bool(self._in_flight)
         self.report.rows_pending = sum(j.entry.row_count for j in self._in_flight)
@@ -348,7 +350,7 @@ class BatchLifecycle:
         for name, kind in S.RESPONSES_ADDED_COLUMNS:  # a store from before these columns existed
             if name not in have:
                 self.wh.execute(S.add_column_sql(self.responses_rel, name, kind))
-        entries = self.ledger.entries(node=stage.node, open_only=True)
+        entries = self._settle_open_inputs(self.ledger.entries(node=stage.node, open_only=True))
         jobs = [_Job(e, _parse_relation(e.input_table), _parse_relation(e.output_table)) for e in entries]
         if self.flags.dry_run:  # count them as in flight without asking the backend
             self._in_flight = jobs
@@ -370,6 +372,25 @@ class BatchLifecycle:
             self._jobs = waiting
             self._wait(S.Wait(self.settings.poll_interval), adopted=True)
         self._clean_leftovers(stage)
+
+    def _settle_open_inputs(self, entries: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Open ledger rows whose shard input is a view over the todo table (`_cut`; left by a run
+        that failed or was killed) get a table copy of its rows, recorded as their input, before the
+        todo table goes or is replaced: a later run lands or resends exactly the rows each job was
+        sent. Safe to repeat: a crash between the copy and the ledger update leaves the copy to
+        `_clean_leftovers`, and one after it leaves the view."""
+        settled = []
+        for entry in entries:
+            view = _parse_relation(entry.input_table)
+            if self.wh.kind(view) == "view":
+                table = view.with_identifier(f"{view.identifier}_t")
+                self.wh.drop(table)  # a copy a crash left unrecorded
+                self.wh.create_table_as(table, f"SELECT * FROM {view.render()}")
+                self.ledger.update(entry.job_key, input_table=str(table))
+                self.wh.drop(view)
+                entry = replace(entry, input_table=str(table))
+            settled.append(entry)
+        return settled
 
     def _clean_leftovers(self, stage: S.Collect) -> None:
         """Scratch tables no open ledger row owns (an older version, or a crash between the ledger's
@@ -655,7 +676,15 @@ class BatchLifecycle:
         shard_input = self.todo_rel.with_identifier(f"{base}__in_{suffix}")
         output = self.todo_rel.with_identifier(f"{base}__out_{suffix}")
         fields = self._embedding_fields if self.embedding else None
-        rows = self.wh.create_table_as(shard_input, S.shard_input_sql(self.todo_rel, model, start, stop, fields))
+        select = S.shard_input_sql(self.todo_rel, model, start, stop, fields)
+        if self.backend.reads_views:
+            # No copy of the requests: a job reading a view reads the todo table's rows of its shard.
+            # The todo table outlives every job of its round (replaced by the next round's diff once
+            # they all landed; after a crash the next run closes them before it diffs again).
+            self.wh.create_view_as(shard_input, select)
+            rows = int(self.wh.query_arrow(S.count_sql(shard_input)).column("n")[0].as_py())
+        else:
+            rows = self.wh.create_table_as(shard_input, select)
         retried = int(self.wh.query_arrow(S.shard_retried_sql(self.todo_rel, model, start, stop)).column("r")[0].as_py() or 0)
         fingerprint = self.wh.query_arrow(S.fingerprint_sql(shard_input)).column("f")[0].as_py()
         entry = LedgerEntry(

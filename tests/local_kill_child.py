@@ -45,8 +45,8 @@ class SlowMock(MockProvider):
 class ReportingWarehouse(DuckDBWarehouse):
     """Tells the parent about each commit of the output table, once it is committed."""
 
-    def append_arrow(self, relation, batches, json_columns=()):
-        rows = super().append_arrow(relation, batches, json_columns)
+    def append_arrow(self, relation, batches, json_columns=(), checked_json=()):
+        rows = super().append_arrow(relation, batches, json_columns, checked_json)
         print(f"committed {rows}", flush=True)
         return rows
 

@@ -191,6 +191,8 @@ def test_a_failed_submit_still_lands_the_job_that_finished(cli: CLI, monkeypatch
 
     def submit(self, spec):  # type: ignore[no-untyped-def]
         calls.append(spec.input.identifier)
+        # The local backend reads its shard inputs as views over the todo table (no copy of the requests).
+        assert self.warehouse.kind(spec.input) == "view"
         if len(calls) == 2:
             raise ExecutionError("quota exceeded while creating the batch job")
         return real_submit(self, spec)
@@ -201,6 +203,13 @@ def test_a_failed_submit_still_lands_the_job_that_finished(cli: CLI, monkeypatch
     assert result.exit_code == 1 and "quota exceeded" in result.output
     # The first job's 10 answers were paid for: they are in the store although the second create failed.
     assert cli.query("select count(*) from reviews.review_requests__responses") == [(10,)]
+    # The job left open (SUBMITTING) keeps its 10 requests as a table of its own: the todo table is gone.
+    (left,) = cli.query("select input_table from reviews._batchflow_jobs where state = 'SUBMITTING'")
+    assert left[0].endswith(calls[1] + "_t")
+    schema, table = left[0].split(".")[-2:]
+    assert cli.query(f"select table_type from information_schema.tables where table_schema = '{schema}' "
+                     f"and table_name in ('{table}', '{calls[1]}', 'review_requests__todo')") == [("BASE TABLE",)]
+    assert cli.query(f"select count(*) from {schema}.{table}") == [(10,)]
     monkeypatch.setattr(LocalBackend, "submit", real_submit)
     assert cli("build").exit_code == 0
     assert batch_report(cli)["rows_sent"] == DISTINCT_REQUESTS - 10

@@ -7,6 +7,7 @@ Figures (cases, creates counted, rows resent) are printed when the module ends (
 
 from __future__ import annotations
 
+import hashlib
 import random
 import signal
 import time
@@ -109,6 +110,29 @@ def test_kill_at_stage_boundary_then_rerun(example_project: Path, point: str) ->
     # Whatever the killed run's jobs wrote is landed, not sent again.
     assert batch_report(example_project)["rows_sent"] == DISTINCT_REQUESTS - len(kept)
     assert_invariants(example_project, f"local kill -9 at {point}")
+
+
+def test_kill_then_a_dry_run_then_a_rerun(example_project: Path) -> None:
+    """The killed run's local shard inputs are views over its todo table; a dry run, which builds
+    (and drops) a todo table of its own, must not change what the rerun lands for those jobs."""
+    small_shards(example_project)
+    killed = bf(example_project, "build", kill_at="while_waiting:2")
+    assert killed.rc == KILLED, killed.stdout[-2000:] + killed.stderr[-2000:]
+    kept = answered_so_far(example_project)
+    dry = bf(example_project, "build", "--dry-run")
+    assert dry.rc == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    closed = ", ".join(f"'{s}'" for s in CLOSED_STATES)
+    still_open = duck(example_project, "select job_key, input_table, fingerprint from reviews._batchflow_jobs "
+                                       f"where state not in ({closed})")
+    assert still_open
+    for key, input_table, fingerprint in still_open:  # each open job's input holds the requests it was sent
+        hashes = sorted(h for (h,) in duck(example_project, f"select request_hash from {input_table}"))
+        assert hashlib.sha256(",".join(hashes).encode()).hexdigest() == fingerprint.lower(), key
+    rerun = bf(example_project, "build")
+    assert rerun.rc == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    no_traceback(rerun.stderr)
+    assert batch_report(example_project)["rows_sent"] == DISTINCT_REQUESTS - len(kept)
+    assert_invariants(example_project, "local kill -9 while waiting, a dry run, a rerun")
 
 
 # == 2. kill -9 at random moments, local backend ======================================================

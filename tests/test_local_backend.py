@@ -12,7 +12,7 @@ import pytest
 
 from batchflow.batch.base import BatchBackend, JobSpec, JobState
 from batchflow.batch.local import NAME_PREFIX, LocalBackend
-from batchflow.batch.providers.base import BaseProvider
+from batchflow.batch.providers.base import BaseProvider, ProviderResult
 from batchflow.batch.providers.mock import MockProvider
 from batchflow.errors import ExecutionError
 from batchflow.requests import request_hash
@@ -621,6 +621,51 @@ def test_duckdb_create_table_from_schema_and_append_arrow(wh):
         wh.create_table_from_schema(wh.relation("parts"), schema)
 
 
+def test_duckdb_append_arrow_stores_checked_json_as_is_and_parses_the_rest(wh):
+    """`checked_json` texts are stored as JSON values without parsing (an invalid one would land as
+    it is: the caller vouches), the other JSON columns are parsed, so an invalid text fails the commit."""
+    schema = pa.schema([("id", pa.int64()), ("request", pa.string()), ("response", pa.string())])
+    wh.create_table_from_schema(wh.relation("out"), schema, json_columns=["request", "response"])
+    batch = pa.record_batch([pa.array([1, 2]), pa.array(['{"a": 1}', None]), pa.array(['{"b": [2]}', "not json"])],
+                            schema=schema)
+    as_stream = pa.RecordBatchReader.from_batches(schema, [batch])
+    assert wh.append_arrow(wh.relation("out"), as_stream, ["request", "response"], checked_json=["response"]) == 2
+    got = wh.query_arrow("select id, json_value(request, '$.a') as a, cast(response as string) as raw "
+                         "from `main`.`out` order by id").to_pylist()
+    assert got == [{"id": 1, "a": "1", "raw": '{"b": [2]}'}, {"id": 2, "a": None, "raw": "not json"}]
+    assert wh.query_arrow("select json_query(response, '$.b') as b from `main`.`out` where id = 1").to_pylist() == [
+        {"b": "[2]"}]
+    assert wh._run("select distinct typeof(response) from main.out") == [("JSON",)]
+    with pytest.raises(ExecutionError, match="(?i)malformed json"):  # not vouched for: parsed, refused
+        wh.append_arrow(wh.relation("out"), batch, ["request", "response"], checked_json=["request"])
+    assert wh._run("select count(*) from main.out") == [(2,)]  # the refused commit left nothing
+
+
+class RawTextProvider(BaseProvider):
+    """Hands over raw response texts (`ProviderResult(text=...)`); does not declare `encodes_json`."""
+
+    name = "raw"
+
+    def generate(self, model, requests):
+        return [ProviderResult(text="{'single': 'quoted'}") for _ in requests]
+
+
+def test_a_provider_that_does_not_encode_its_answers_gets_them_parsed(wh):
+    """A provider not declaring `encodes_json` has its answers parsed on commit: a text that is not
+    JSON fails the job instead of landing in the JSON `response` column. The mock's are taken as
+    they are (it encodes them) and still are JSON, row by row."""
+    make_input(wh, "inp", 6)
+    backend = LocalBackend(wh, RawTextProvider(), concurrency=1, chunk_size=3)
+    status = wait(backend, backend.submit(spec(wh)).name)
+    assert status.state is JobState.FAILED and "json" in (status.error or "").lower()
+    assert wh._run("select count(*) from main.out") == [(0,)]
+    mock = LocalBackend(wh, MockProvider({}), concurrency=1, chunk_size=3)
+    assert MockProvider.encodes_json is True
+    assert wait(mock, mock.submit(spec(wh, out="mock_out")).name).state is JobState.SUCCEEDED
+    assert wh._run("select count(*), count_if(json_valid(response::varchar)), count_if(json_valid(request::varchar)) "
+                   "from main.mock_out") == [(6, 6, 6)]
+
+
 class SteppedProvider(BaseProvider):
     """CPU-bound like the mock; each chunk waits for the test's go-ahead and says when it is answered."""
 
@@ -654,8 +699,8 @@ def test_commits_follow_what_redoing_the_answers_costs(wh, cpu_bound):
     committed = threading.Semaphore(0)
     real = wh.append_arrow
 
-    def recording(relation, batches, json_columns=()):
-        commits.append((type(batches).__name__, real(relation, batches, json_columns)))
+    def recording(relation, batches, json_columns=(), checked_json=()):
+        commits.append((type(batches).__name__, real(relation, batches, json_columns, checked_json)))
         committed.release()
         return commits[-1][1]
 
@@ -683,13 +728,14 @@ def test_capabilities_are_declared():
     from batchflow.batch.vertex import VertexBackend
 
     assert LocalBackend.jobs_outlive_process is False and VertexBackend.jobs_outlive_process is True
+    assert LocalBackend.reads_views is True and VertexBackend.reads_views is False
     assert isinstance(LocalBackend.poll_interval, float) and isinstance(VertexBackend.poll_interval, float)
-    assert BatchBackend.__annotations__.keys() >= {"jobs_outlive_process", "poll_interval"}
-    for cls in (MockProvider, OpenAIProvider):  # every provider declares cpu_bound and generate_json
-        assert "cpu_bound" in vars(cls) and callable(cls.generate_json)
+    assert BatchBackend.__annotations__.keys() >= {"jobs_outlive_process", "reads_views", "poll_interval"}
+    for cls in (MockProvider, OpenAIProvider):  # every provider declares its capabilities and generate_json
+        assert "cpu_bound" in vars(cls) and "encodes_json" in vars(cls) and callable(cls.generate_json)
     assert set(providers.PROVIDERS) == {"mock", "openai"}  # a new provider: add it above
     assert MockProvider({}).cpu_bound is True and OpenAIProvider.cpu_bound is False
-    assert BaseProvider.cpu_bound is False
+    assert BaseProvider.cpu_bound is False and BaseProvider.encodes_json is False
 
 
 def test_a_provider_without_the_declarations_is_refused(wh):
@@ -699,7 +745,7 @@ def test_a_provider_without_the_declarations_is_refused(wh):
         def generate(self, model, requests):
             return []
 
-    with pytest.raises(TypeError, match="cpu_bound, generate_json"):
+    with pytest.raises(TypeError, match="cpu_bound, encodes_json, generate_json"):
         LocalBackend(wh, Bare())
 
 

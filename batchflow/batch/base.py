@@ -60,6 +60,10 @@ class BatchBackend(Protocol):
     #: the process (local), so a later process gets JobNotFoundError for it, and its output table
     #: holds what it committed before it died.
     jobs_outlive_process: bool
+    #: True when a job may read its input from a view (it reads the rows in this warehouse while it
+    #: runs: local); False when the input must be a table (Vertex copies from a BigQuery table). The
+    #: lifecycle then defines each shard's input as a view over the todo table instead of copying it.
+    reads_views: bool
     #: seconds between polls of a running job, by default
     poll_interval: float
 

@@ -92,6 +92,7 @@ class _Job:
     status: JobStatus
     in_schema: pa.Schema | None = None  # the input's columns, as read when the job was submitted
     json_columns: list[str] = dataclasses.field(default_factory=list)  # output columns typed JSON
+    checked_json: list[str] = dataclasses.field(default_factory=list)  # of those, texts known to be JSON
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     total: int | None = None
     thread: threading.Thread | None = None
@@ -151,7 +152,8 @@ class _Commits:
             taken = [0, 0]  # ok, failed rows in this commit
             reader = pa.RecordBatchReader.from_batches(schema, self._one_commit(deadline, taken))
             try:
-                self.backend.warehouse.append_arrow(self.job.spec.output, reader, self.job.json_columns)
+                self.backend.warehouse.append_arrow(self.job.spec.output, reader, self.job.json_columns,
+                                                    self.job.checked_json)
             except BaseException as exc:  # not retried: the job fails, its earlier commits stay
                 with self.cond:
                     self.error = exc
@@ -187,6 +189,8 @@ class LocalBackend:
     name = "local"
     #: jobs run on this process's threads: they die with it, and a new process knows none of them
     jobs_outlive_process = False
+    #: a job reads its input through the warehouse as it runs: a view is as good as a table
+    reads_views = True
     #: in-process jobs: the lifecycle can poll often without cost
     poll_interval = 0.05
 
@@ -231,7 +235,8 @@ class LocalBackend:
         if processes < 0:
             raise ValueError("processes must be >= 0")
         # The one check of the provider: afterwards its declared attributes are used as they are.
-        missing = [a for a in ("name", "cpu_bound", "generate", "generate_json") if not hasattr(provider, a)]
+        missing = [a for a in ("name", "cpu_bound", "encodes_json", "generate", "generate_json")
+                   if not hasattr(provider, a)]
         if missing:
             raise TypeError(f"provider {type(provider).__name__} does not declare {', '.join(missing)} "
                             "(see batchflow.batch.providers.base.Provider; BaseProvider has the defaults)")
@@ -280,7 +285,7 @@ class LocalBackend:
                 if other.spec.output == spec.output and not other.status.state.terminal:
                     raise ExecutionError(f"job {other.status.name} is already writing {spec.output}")
         try:
-            job.in_schema, job.json_columns = self._input_shape(spec)
+            job.in_schema, job.json_columns, job.checked_json = self._input_shape(spec)
         except Exception as exc:  # an input the job cannot read: the job fails (as on Vertex), no table
             job.status.state = JobState.FAILED
             job.status.error = f"{type(exc).__name__}: {exc}"
@@ -297,21 +302,21 @@ class LocalBackend:
         job.thread.start()
         return snapshot
 
-    def _input_shape(self, spec: JobSpec) -> tuple[pa.Schema, list[str]]:
-        """The input's Arrow schema and the output's JSON columns (`request`, `response` and every
-        other JSON input column)."""
+    def _input_shape(self, spec: JobSpec) -> tuple[pa.Schema, list[str], list[str]]:
+        """The input's Arrow schema, the output's JSON columns (`request`, `response` and every other
+        JSON input column) and those of them whose texts are known to be JSON (`append_arrow`'s
+        `checked_json`): what was read out of a JSON input column, and an encoding provider's answers."""
         source = spec.input.render()
         in_schema = pa.schema(list(self.warehouse.query_arrow(f"select * from {source} limit 0").schema))
+        json_inputs = [c.name for c in self.warehouse.columns(spec.input) if c.type == "JSON"]
         if spec.model_parameters is not None:  # an embedding job: `content` in, `predictions` out (JSON text)
             if "content" not in in_schema.names:
                 raise ExecutionError(f"embedding job input {spec.input} has no `content` column")
-            return in_schema, [c.name for c in self.warehouse.columns(spec.input) if c.type == "JSON"]
+            return in_schema, json_inputs, json_inputs
         if "request" not in in_schema.names:
             raise ExecutionError(f"batch input relation {spec.input} has no `request` column")
-        json_columns = ["request", "response"] + [
-            c.name for c in self.warehouse.columns(spec.input) if c.type == "JSON" and c.name != "request"
-        ]
-        return in_schema, json_columns
+        json_columns = ["request", "response"] + [c for c in json_inputs if c != "request"]
+        return in_schema, json_columns, json_inputs + (["response"] if self.provider.encodes_json else [])
 
     def get(self, name: str) -> JobStatus:
         job = self._job(name)

@@ -210,6 +210,7 @@ class GenaiAnswerer(BaseProvider):
 
     name = "online"
     cpu_bound = False  # network-bound: threads
+    encodes_json = True  # answers are dicts (`response_json`), encoded by `ProviderResult.response_text`
 
     def __init__(self, options: OnlineOptions, client: Any = None,
                  sleep: Callable[[float], None] = time.sleep):
@@ -318,6 +319,7 @@ class OnlineBackend:
 
     name = "online"
     jobs_outlive_process = False
+    reads_views = True  # its jobs are LocalBackend's
     poll_interval = 0.05
     NAME_PREFIX = "online/jobs/"
 

@@ -66,6 +66,8 @@ class VertexBackend:
     name = "vertex"
     #: jobs run on Vertex: they go on when this process ends, and a rerun adopts them by name
     jobs_outlive_process = True
+    #: a batch job reads a BigQuery input table (contract §1); views are not assumed to work
+    reads_views = False
     #: the default poll interval; the constructor's `poll_interval` sets this instance's
     poll_interval: float = 30.0
 

@@ -117,11 +117,15 @@ class Warehouse(Protocol):
         relation: Relation,
         batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
         json_columns: Iterable[str] = (),
+        checked_json: Iterable[str] = (),
     ) -> int:
         """Append Arrow rows to an existing table (made by `create_table_from_schema` with the same
         schema; columns matched by name, `json_columns` hold JSON text) in one commit of its own:
         after a crash the table holds all of these rows or none. Returns the rows appended. A
-        `pa.RecordBatchReader` may be streamed into the commit as it yields (DuckDB does)."""
+        `pa.RecordBatchReader` may be streamed into the commit as it yields (DuckDB does).
+        `checked_json`: those of `json_columns` whose texts are known to be JSON (read out of a JSON
+        column, or written by a JSON encoder), which a warehouse may store without parsing them
+        again (DuckDB does; BigQuery parses every JSON column it loads)."""
 
     def load_csv(self, relation: Relation, path: Path) -> int:
         """Replace `relation` with the rows of a CSV file (seeds, local samples of sources)."""

@@ -381,6 +381,7 @@ class BigQueryWarehouse:
         relation: Relation,
         batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
         json_columns: Iterable[str] = (),
+        checked_json: Iterable[str] = (),
     ) -> int:
         if isinstance(batches, pa.RecordBatch):
             listed = [batches]

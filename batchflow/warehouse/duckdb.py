@@ -388,6 +388,7 @@ class DuckDBWarehouse:
         relation: Relation,
         batches: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch],
         json_columns: Iterable[str] = (),
+        checked_json: Iterable[str] = (),
     ) -> int:
         data: pa.Table | pa.RecordBatchReader
         if isinstance(batches, pa.RecordBatchReader):
@@ -404,9 +405,15 @@ class DuckDBWarehouse:
         if isinstance(data, pa.Table) and data.num_rows == 0:
             return 0
         listed_columns = ", ".join(_quote(f.name) for f in data.schema)
+        json_set, trusted = set(json_columns), set(checked_json)
+        checked = {f.name for f in data.schema if f.name in json_set and f.name in trusted
+                   and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))}
+        if checked:
+            data = _as_arrow_json(data, checked)
         # One autocommitted statement: its own transaction, so a crash keeps all of these rows or none.
         result = self._from_arrow(
-            data, data.schema, json_columns, f"INSERT INTO {_render(relation)} ({listed_columns}) SELECT {{select}}"
+            data, data.schema, json_set - checked,
+            f"INSERT INTO {_render(relation)} ({listed_columns}) SELECT {{select}}",
         )
         return int(result[0][0]) if result else 0
 
@@ -525,3 +532,20 @@ def insert_overwrite_statements(relation: Relation, duck_select: str, options: T
         f"DELETE FROM {target} WHERE {predicate}",
         f"INSERT INTO {target} BY NAME SELECT * FROM {_quote(staged)}",
     ]
+
+
+def _as_arrow_json(data: pa.Table | pa.RecordBatchReader, columns: set[str]) -> pa.Table | pa.RecordBatchReader:
+    """`data` with `columns` typed Arrow's JSON extension: DuckDB reads those as JSON values without
+    parsing them (a CAST from text parses every value: ~0.5 s per 200k Gemini responses on 2 CPUs)."""
+    schema = data.schema
+    fields = [pa.field(f.name, pa.json_(f.type), f.nullable) if f.name in columns else f for f in schema]
+    wrapped = pa.schema(fields, metadata=schema.metadata)
+
+    def wrap(batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = [pa.ExtensionArray.from_storage(f.type, a) if f.name in columns else a
+                  for f, a in zip(wrapped, batch.columns)]
+        return pa.RecordBatch.from_arrays(arrays, schema=wrapped)
+
+    if isinstance(data, pa.RecordBatchReader):
+        return pa.RecordBatchReader.from_batches(wrapped, (wrap(b) for b in data))
+    return pa.Table.from_batches([wrap(b) for b in data.to_batches()], schema=wrapped)

@@ -202,6 +202,8 @@ class MockProvider(BaseProvider):
     """Deterministic Gemini stand-in; see the module docstring."""
 
     name = "mock"
+    #: answer texts are assembled from encoder output only (`_c_answer`, `_dumps`, pre-encoded parts)
+    encodes_json = True
 
     def __init__(self, config: dict | None = None):
         config = dict(config or {})

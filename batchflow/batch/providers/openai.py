@@ -86,6 +86,8 @@ class OpenAIProvider(BaseProvider):
     name = "openai"
     #: answers wait on the network: threads (never worker processes, which would copy its connections)
     cpu_bound = False
+    #: answers are dicts (`to_gemini_response`), encoded by `ProviderResult.response_text`
+    encodes_json = True
 
     def __init__(self, config: dict | None = None):
         config = dict(config or {})
