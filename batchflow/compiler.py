@@ -6,7 +6,6 @@ plain data. The result is a `Manifest`: nodes with compiled BigQuery SQL and the
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
 import os
@@ -28,7 +27,6 @@ from batchflow.project import (
     Project,
     SettingsChecker,
     Target,
-    did_you_mean,
     merge_configs,
     partial_parse_enabled,
     render_simple,
@@ -898,13 +896,12 @@ class Compiler:
     # -- context ---------------------------------------------------------------------------------
     def _resolve_ref(self, name: str) -> str:
         """What `ref(name)` renders as, at this point of compiling."""
-        project, target = self.project, self.target
+        project = self.project
         if name in project.models:
             if self._materialized(name) == "ephemeral":
                 return EPHEMERAL_PREFIX + name
             rendered = self._ref_relations.get(name)
             if rendered is None:  # base configs do not change while compiling
-                model = project.models[name]
                 rendered = self._ref_relations[name] = render_relation(
                     self.model_node_relation(name, self._base_config(name)), self.dialect)
             return rendered

@@ -209,7 +209,6 @@ def _test_entries(manifest: "Manifest") -> Iterable[tuple[str, str, str | None, 
 
 
 def _generic_tests(manifest: "Manifest", uid_of: dict[str, str]) -> Iterable[tuple[NodeInfo, set[str], TestRef]]:
-    project = manifest.project
     for node_key, yml, column, column_tags, spec in _test_entries(manifest):
         if isinstance(spec, str):
             test_name, args = spec, {}
