@@ -231,9 +231,9 @@ def send_model_sql(stage: Diff, macro: MacroFn) -> str:
     if stage.resubmit_all:
         return primary
     fallback = string_literal(stage.fallback_model or stage.model)
-    reasons = ", ".join(string_literal(r) for r in stage.retry_on) or "NULL"
-    blocked = (f"({macro('finish_reason', 'a.response')} IN ({reasons}) "
-               f"OR {macro('block_reason', 'a.response')} IN ({reasons}))")
+    # With no retry_on, no good answer is resent, so no answer's JSON is read: a diff after a round (or
+    # a rerun with nothing new) would otherwise parse every stored answer for a test that cannot hold.
+    blocked = _blocked_for_retry(stage, macro)
     transient = f"REGEXP_CONTAINS(a.status, r'{RETRYABLE_STATUS}')"
     under_limit = "TRUE" if stage.retry_failed else f"a.attempt < {stage.max_attempts}"
     ignored = f"WHEN {is_online('a')} THEN {primary} " if stage.ignore_online else ""
@@ -479,10 +479,14 @@ def usage_sql(responses: Relation, jobs: list[str], macro: MacroFn, embedding: b
         tokens = f"SUM({macro('embedding_token_count', 'response')})"
         return (f"SELECT model_name, {tokens} AS prompt, 0 AS candidates, {tokens} AS total "
                 f"FROM {responses.render()} WHERE job_name IN ({names}) GROUP BY model_name")
+    # usage_tokens' fields, read out of each answer's usageMetadata extracted once: four paths into the
+    # whole answer would parse it four times (1.7 s vs 1.1 s per 1M answers on DuckDB).
+    def tokens(field: str) -> str:
+        return f"SAFE_CAST(JSON_VALUE(usage, '$.{field}') AS INT64)"
+
     return (
-        f"SELECT model_name, SUM({macro('usage_tokens', 'response', 'promptTokenCount')}) AS prompt, "
-        f"SUM({macro('usage_tokens', 'response', 'candidatesTokenCount')}) + "
-        f"COALESCE(SUM({macro('usage_tokens', 'response', 'thoughtsTokenCount')}), 0) AS candidates, "
-        f"SUM({macro('usage_tokens', 'response', 'totalTokenCount')}) AS total "
-        f"FROM {responses.render()} WHERE job_name IN ({names}) GROUP BY model_name"
+        f"SELECT model_name, SUM({tokens('promptTokenCount')}) AS prompt, "
+        f"SUM({tokens('candidatesTokenCount')}) + COALESCE(SUM({tokens('thoughtsTokenCount')}), 0) AS candidates, "
+        f"SUM({tokens('totalTokenCount')}) AS total FROM (SELECT model_name, JSON_QUERY(response, '$.usageMetadata') "
+        f"AS usage FROM {responses.render()} WHERE job_name IN ({names})) GROUP BY model_name"
     )

@@ -266,6 +266,12 @@ def test_actual_cost_uses_the_answers_usage(cli: CLI) -> None:
     report = batch_report(cli)
     prompt, candidates = report["tokens"]["prompt"], report["tokens"]["candidates"]
     assert prompt > 0 and candidates > 0
+    # the tokens are the stored answers' usageMetadata, summed (read here with Python's json)
+    usage = [json.loads(r).get("usageMetadata", {}) for (r,) in
+             cli.query("select cast(response as varchar) from reviews.review_requests__responses where response is not null")]
+    assert prompt == sum(u.get("promptTokenCount", 0) for u in usage)
+    assert candidates == sum(u.get("candidatesTokenCount", 0) + u.get("thoughtsTokenCount", 0) for u in usage)
+    assert report["tokens"]["total"] == sum(u.get("totalTokenCount", 0) for u in usage)
     assert report["actual_cost"] == pytest.approx((prompt * 0.15 + candidates * 1.25) / 1e6, abs=1e-6)
 
 

@@ -69,6 +69,15 @@ def test_missing_rows_are_resent_only_under_the_attempt_cap() -> None:
     assert "a.attempt" not in S.send_model_sql(diff(resubmit_all=True), fake_macro)
 
 
+def test_the_diff_reads_answers_json_only_for_retry_on_reasons() -> None:
+    # Without retry_on no good answer is resent: the diff must not parse every stored answer for it.
+    plain = S.send_model_sql(diff(), fake_macro) + S.diff_sql(diff(), fake_macro, [], "", False)
+    assert "finishReason" not in plain and "blockReason" not in plain
+    sql = S.send_model_sql(diff(retry_on=("SAFETY",), fallback_model="gemini-2.5-pro"), fake_macro)
+    assert "JSON_VALUE(a.response, '$.candidates[0].finishReason') IN ('SAFETY')" in sql
+    assert "THEN 'gemini-2.5-pro'" in sql
+
+
 def test_shard_input_carries_only_hash_and_request() -> None:
     sql = S.shard_input_sql(TODO, "gemini-2.5-flash", 11, 21)
     assert sql.startswith("SELECT request_hash, request FROM `ds`.`m__todo`")

@@ -101,6 +101,11 @@ def test_example_pipeline_matches_the_local_target(prod: Prod) -> None:
     assert sorted(answered) == [r[0] for r in on_bigquery]
     assert on_bigquery == sorted(expected_label(rid, a) for rid, a in answered.items())
     assert any(a.outcome == "recitation" for a in answered.values())  # the lyrics review
+    # The report's tokens are the usage the emulator wrote into its answers (each distinct request once).
+    tokens = next(r for r in results if r["name"] == "review_requests")["batch"]["tokens"]
+    usage = [(a.response or {}).get("usageMetadata", {}) for a in prod.vertex.answers]
+    assert tokens["prompt"] == sum(u.get("promptTokenCount", 0) for u in usage) > 0
+    assert tokens["total"] == sum(u.get("totalTokenCount", 0) for u in usage)
     topics = sorted(prod.query(f"SELECT review_id, topic FROM {prod.table('review_topics')}"))
     assert topics == sorted((rid, t) for rid, a in answered.items() for t in (answer_json(a) or {}).get("topics", []))
     ratings = sorted(prod.query(
