@@ -781,3 +781,19 @@ def test_local_job_commits_chunks_into_bigquery(bigquery_emulator, bq_dataset): 
         assert sorted(t.table_id for t in bigquery_emulator.client().list_tables(bq_dataset)) == ["inp", "out"]
     finally:
         bq.close()
+
+
+def test_commits_under_the_checkpoint_threshold_stay_in_the_wal(tmp_path) -> None:
+    # DuckDB's default (16 MB) checkpoints on nearly every commit of a streaming job, and the next
+    # small statement of the lifecycle pays for it; the warehouse raises the threshold (256 MB).
+    w = DuckDBWarehouse(tmp_path / "c.duckdb", schema="s")
+    try:
+        w.execute("CREATE TABLE s.t (x STRING)")
+        for _ in range(24):  # ~1 MB a commit, 24 MB in all: more than DuckDB's default threshold
+            w.execute("INSERT INTO s.t SELECT REPEAT(TO_HEX(MD5(CAST(RAND() AS STRING))), 32768)")
+        wal = tmp_path / "c.duckdb.wal"
+        assert wal.stat().st_size > 20 * 2**20
+        assert w.query_arrow("SELECT COUNT(*) AS n FROM s.t").column("n")[0].as_py() == 24
+    finally:
+        w.close()
+    assert not wal.exists()  # closing checkpoints

@@ -112,6 +112,15 @@ def _render(relation: Relation) -> str:
     return f"{_quote(relation.schema)}.{_quote(relation.identifier)}"
 
 
+#: WAL size at which a commit checkpoints (DuckDB's default is 16 MB). A local batch job streams its answers
+#: into an output table that is merged into the store and dropped within the run; at 16 MB nearly every
+#: commit checkpoints, and the one that pays is often the lifecycle's next small statement (a ledger
+#: UPDATE or a DROP waited 4-5 s at 1M rows). At 256 MB it checkpoints far less often, and a table dropped
+#: between two checkpoints is never written: the 1M-row pipeline's execute stage took 41.8 s instead of
+#: 52.3 s, peak RSS 1,399 vs 1,442 MB (1 GB: RSS 1,526 MB, no faster). A kill leaves at most this much WAL
+#: for the next open to replay.
+CHECKPOINT_THRESHOLD = "256MB"
+
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
 
@@ -178,6 +187,7 @@ class DuckDBWarehouse:
         self._closed = False
         self._local = threading.local()
         install(self._conn)
+        self._conn.execute(f"SET checkpoint_threshold = {_literal(CHECKPOINT_THRESHOLD)}").fetchall()
         if memory_limit:  # DuckDB caches blocks up to 80% of RAM by default; big local jobs may cap it
             self._conn.execute("SET memory_limit = ?", [memory_limit]).fetchall()
         # Python UDFs live on the root connection; its cursors see them. A second adapter on the
