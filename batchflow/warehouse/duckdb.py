@@ -113,12 +113,12 @@ def _render(relation: Relation) -> str:
 
 
 #: WAL size at which a commit checkpoints (DuckDB's default is 16 MB). A local batch job streams its answers
-#: into an output table that is merged into the store and dropped within the run; at 16 MB nearly every
-#: commit checkpoints, and the one that pays is often the lifecycle's next small statement (a ledger
-#: UPDATE or a DROP waited 4-5 s at 1M rows). At 256 MB it checkpoints far less often, and a table dropped
-#: between two checkpoints is never written: the 1M-row pipeline's execute stage took 41.8 s instead of
-#: 52.3 s, peak RSS 1,399 vs 1,442 MB (1 GB: RSS 1,526 MB, no faster). A kill leaves at most this much WAL
-#: for the next open to replay.
+#: into an output table that is merged into the store and dropped within the run; at 16 MB the commits
+#: checkpoint again and again, and the one that pays is often the lifecycle's next small statement (a
+#: ledger UPDATE or a DROP waited 4-5 s at 1M rows). A larger WAL checkpoints less often, and a table
+#: dropped between two checkpoints is never written. Side by side at 1M rows the execute stage took 41.8 s
+#: at 256 MB vs 52.3 s at 16 MB (1 GB: 43.0 s, peak RSS 1,526 MB); benchmarks/RESULTS.md §5 has the pairs.
+#: A kill leaves at most this much WAL for the next open to replay.
 CHECKPOINT_THRESHOLD = "256MB"
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
