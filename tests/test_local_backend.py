@@ -169,11 +169,19 @@ class GatedProvider(BaseProvider):
         self.inner = MockProvider({})
         self.gate = threading.Semaphore(0)
         self.calls = 0
+        self.entered = threading.Condition()
 
     def generate(self, model, requests):
-        self.calls += 1
+        with self.entered:
+            self.calls += 1
+            self.entered.notify_all()
         assert self.gate.acquire(timeout=60)
         return self.inner.generate(model, requests)
+
+    def wait_calls(self, n: int) -> None:
+        """Return once `n` chunks have reached the provider (the timeout only guards a hang)."""
+        with self.entered:
+            assert self.entered.wait_for(lambda: self.calls >= n, 60)
 
 
 def watch_answers(backend):
@@ -589,6 +597,7 @@ def test_cancel_keeps_every_answered_row_and_counts_match_the_table(wh):
     name = backend.submit(spec(wh)).name
     provider.gate.release(4)
     answered(name, 40)
+    provider.wait_calls(5)  # under load the reader may lag: cancel only once chunk 5 is at the gate
     backend.cancel(name)  # chunk 5 waits at the gate, 6 and 7 queue behind it
     provider.gate.release(1)
     answered(name, 50)  # the job stops reading; what is in flight is still answered and kept
