@@ -342,8 +342,9 @@ def _stored_request(alias: str, embedding_requests: Relation | None) -> tuple[st
 
 
 def shard_retried_sql(todo: Relation, model: str, start: int, stop: int) -> str:
-    """How many of a shard's requests are retries (`r`)."""
-    return f"SELECT COUNTIF(retry) AS r FROM {todo.render()} WHERE {shard_where(model, start, stop)}"
+    """A shard's requests (`n`) and how many of them are retries (`r`)."""
+    return (f"SELECT COUNT(*) AS n, COUNTIF(retry) AS r FROM {todo.render()} "
+            f"WHERE {shard_where(model, start, stop)}")
 
 
 def fingerprint_sql(shard_input: Relation) -> str:

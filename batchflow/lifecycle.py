@@ -677,15 +677,17 @@ class BatchLifecycle:
         output = self.todo_rel.with_identifier(f"{base}__out_{suffix}")
         fields = self._embedding_fields if self.embedding else None
         select = S.shard_input_sql(self.todo_rel, model, start, stop, fields)
+        counts = self.wh.query_arrow(S.shard_retried_sql(self.todo_rel, model, start, stop)).to_pylist()[0]
+        retried = int(counts["r"] or 0)
         if self.backend.reads_views:
-            # No copy of the requests: a job reading a view reads the todo table's rows of its shard.
-            # The todo table outlives every job of its round (replaced by the next round's diff once
-            # they all landed; after a crash the next run closes them before it diffs again).
+            # No copy of the requests: a job reading a view reads the todo table's rows of its shard
+            # (as many as the todo rows just counted). The todo table outlives every job of its round
+            # (replaced by the next round's diff once they all landed; after a crash the next run
+            # closes them before it diffs again).
             self.wh.create_view_as(shard_input, select)
-            rows = int(self.wh.query_arrow(S.count_sql(shard_input)).column("n")[0].as_py())
+            rows = int(counts["n"])
         else:
             rows = self.wh.create_table_as(shard_input, select)
-        retried = int(self.wh.query_arrow(S.shard_retried_sql(self.todo_rel, model, start, stop)).column("r")[0].as_py() or 0)
         fingerprint = self.wh.query_arrow(S.fingerprint_sql(shard_input)).column("f")[0].as_py()
         entry = LedgerEntry(
             job_key=f"{self.run_id}-{_label(self.node.name)}-r{self._round}-{index}",
