@@ -28,8 +28,8 @@ chunks in flight (and those buffered by the commit policy, see `COMMIT_ROWS`) ar
 stops after the chunks in flight and keeps every answered row.
 
 Jobs run on a background thread per job; `get` reports live counts. Memory stays bounded: at most
-`concurrency` chunks are in flight, plus those waiting for their commit. Jobs live in this process
-only (a new process sees no old jobs: `jobs_outlive_process` is False).
+`concurrency` chunks are in flight, plus at most `WAIT_ROWS` answered rows waiting for the warehouse.
+Jobs live in this process only (a new process sees no old jobs: `jobs_outlive_process` is False).
 """
 
 from __future__ import annotations
@@ -119,10 +119,10 @@ class _Commits:
         self.thread.start()
 
     def add(self, batch: pa.RecordBatch, failed: int) -> None:
-        """Hand over the next chunk's output batch; blocks while COMMIT_ROWS rows already wait
-        (memory stays bounded when the warehouse is slower than the provider)."""
+        """Hand over the next chunk's output batch; blocks while WAIT_ROWS rows already wait for the
+        warehouse to take them (memory stays bounded when the warehouse is slower than the provider)."""
         with self.cond:
-            while self.queued >= self.backend.COMMIT_ROWS and self.error is None:
+            while self.queued >= self.backend.WAIT_ROWS and self.error is None:
                 self.cond.wait()
             if self.error is not None:
                 raise self.error
@@ -206,8 +206,13 @@ class LocalBackend:
     #: commit by row group (COMMIT_SECONDS_CPU_BOUND bounds the wait); answers that cost a call
     #: (an HTTP provider) are committed every COMMIT_SECONDS, whatever that costs the warehouse.
     #: A kill -9 loses the chunks in flight and what waits: at most ~COMMIT_SECONDS of paid answers,
-    #: or COMMIT_ROWS rows (which also bounds the memory waiting answers take).
+    #: or COMMIT_ROWS rows.
     COMMIT_ROWS = 122_880
+    #: Answered rows the warehouse has not taken yet (a commit streams them in as they come): past
+    #: this the job's thread waits. It bounds the memory they take apart from the commit size: with
+    #: COMMIT_ROWS as the bound, two mock jobs queued up to ~200 MB each of answers while a land
+    #: merge held the warehouse up, and the 1M-row benchmark's peak RSS reached 1,515-1,565 MB.
+    WAIT_ROWS = 20_000
     COMMIT_SECONDS = 1.0
     COMMIT_SECONDS_CPU_BOUND = 30.0
 
