@@ -731,7 +731,6 @@ def test_commits_follow_what_redoing_the_answers_costs(wh, cpu_bound):
     assert backend.commit_seconds() == (3600.0 if cpu_bound else 0.0)
 
 
-
 def test_answers_waiting_for_the_warehouse_stay_under_wait_rows(wh):
     """However large a commit may grow, the answered rows the warehouse has not taken yet stay under
     WAIT_ROWS (plus the chunk being handed over): the job's thread waits instead of piling them up."""
@@ -741,12 +740,9 @@ def test_answers_waiting_for_the_warehouse_stay_under_wait_rows(wh):
     backend = LocalBackend(wh, MockProvider({}))
     backend.WAIT_ROWS, backend.COMMIT_ROWS = 30, 10_000
     taken: list[int] = []
-    commits: _Commits | None = None
-    ready = threading.Event()
 
     class SlowWarehouse:  # takes the next batch only once WAIT_ROWS rows wait (or the job is done)
         def append_arrow(self, relation, reader, json_columns=(), checked_json=()):
-            ready.wait(30)
             n = 0
             while True:
                 with commits.cond:
@@ -759,8 +755,8 @@ def test_answers_waiting_for_the_warehouse_stay_under_wait_rows(wh):
                 taken.extend(batch.column(0).to_pylist())
 
     backend.warehouse = SlowWarehouse()
+    # The committer calls append_arrow only once a batch was added, so `commits` is bound by then.
     commits = _Commits(backend, _Job(spec=spec(wh), status=JobStatus(name=NAME_PREFIX + "1", state=JobState.RUNNING)))
-    ready.set()
     most = 0
     for start in range(0, 1_000, 10):
         commits.add(pa.record_batch({"i": list(range(start, start + 10))}), 0)

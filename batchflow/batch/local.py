@@ -210,8 +210,9 @@ class LocalBackend:
     COMMIT_ROWS = 122_880
     #: Answered rows the warehouse has not taken yet (a commit streams them in as they come): past
     #: this the job's thread waits. It bounds the memory they take apart from the commit size: with
-    #: COMMIT_ROWS as the bound, two mock jobs queued up to ~200 MB each of answers while a land
-    #: merge held the warehouse up, and the 1M-row benchmark's peak RSS reached 1,515-1,565 MB.
+    #: COMMIT_ROWS as the bound, each of two mock jobs could queue a row group of answers while a
+    #: land merge held the warehouse up, and the 1M-row benchmark's peak RSS reached 1,515-1,565 MB
+    #: (1,354-1,418 MB with this bound; benchmarks/RESULTS.md §5, fifth sitting).
     WAIT_ROWS = 20_000
     COMMIT_SECONDS = 1.0
     COMMIT_SECONDS_CPU_BOUND = 30.0
